@@ -1,0 +1,44 @@
+"""qwthn-onnx: fine-tune, export and serve language models with QWTHN adapters.
+
+QWTHN (arXiv 2503.12790) replaces LoRA's two low-rank matrices with a tensor-network (MPO) path
+fused with a small parameterised quantum circuit. This package holds the PyTorch side: circuit
+IR and simulator, MPO layer, adapters for transformers models, training and ``model.pt``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("qwthn-onnx")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from qwthn_onnx.adapter import (
+    AdapterError,
+    ConfigError,
+    QWTHNConfig,
+    QWTHNModel,
+    load_adapter,
+)
+from qwthn_onnx.checkpoint import LoadedModel, ModelFileError, load_model_pt, save_model_pt
+from qwthn_onnx.data import DataError, Example, load_examples, tokenize_examples
+from qwthn_onnx.training import TrainingArguments, TrainingResult, train
+
+__all__ = [
+    "AdapterError",
+    "ConfigError",
+    "DataError",
+    "Example",
+    "LoadedModel",
+    "ModelFileError",
+    "QWTHNConfig",
+    "QWTHNModel",
+    "TrainingArguments",
+    "TrainingResult",
+    "__version__",
+    "load_adapter",
+    "load_examples",
+    "load_model_pt",
+    "save_model_pt",
+    "tokenize_examples",
+    "train",
+]

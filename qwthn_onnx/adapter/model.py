@@ -1,0 +1,305 @@
+"""Attach QWTHN adapters to a transformers model, report parameters, save/load the adapter.
+
+The on-disk adapter follows PEFT's layout: ``adapter_config.json`` and
+``adapter_model.safetensors`` with keys ``base_model.model.<module path>.qwthn.<param>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qwthn_onnx._io import atomic_path
+from qwthn_onnx.adapter.config import QWTHNConfig
+from qwthn_onnx.adapter.layer import SUPPORTED_LAYER_TYPES, QWTHNLayer
+
+__all__ = [
+    "ADAPTER_WEIGHTS_NAME",
+    "AdapterError",
+    "ParameterReport",
+    "QWTHNModel",
+    "default_target_modules",
+    "find_target_modules",
+    "inject_adapters",
+    "load_adapter",
+]
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+_KEY_PREFIX = "base_model.model."
+
+
+class AdapterError(ValueError):
+    """Targets that match nothing, a model that is already adapted, mismatched adapter files."""
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """The architecture's default targets, from peft's table (attention q/v where it exists)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in table:
+        raise AdapterError(
+            f"no default target modules for model_type {model_type!r}; pass target_modules "
+            f"explicitly (names or a regex). Candidates: {_candidate_names(model)}"
+        )
+    return list(table[model_type])
+
+
+def _candidate_names(model: nn.Module) -> list[str]:
+    """Distinct leaf names of the layers QWTHN can adapt (what a user would type)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _adaptable(m)}
+    return sorted(names)
+
+
+def _adaptable(module: nn.Module) -> bool:
+    return isinstance(module, SUPPORTED_LAYER_TYPES) and not isinstance(module, QWTHNLayer)
+
+
+def _matches(name: str, targets: list[str] | str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def find_target_modules(model: nn.Module, targets: list[str] | str) -> list[str]:
+    """Full names of the adaptable modules matching ``targets`` (PEFT's matching rules).
+
+    A list matches a name exactly or as a dotted suffix; a string is a regex that must match the
+    whole name. Raises AdapterError listing the candidates when nothing matches, or when a
+    matched module is not a linear layer.
+    """
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise AdapterError(f"target_modules regex {targets!r} is invalid: {e}") from e
+    matched, wrong_type = [], []
+    for name, module in model.named_modules():
+        if not name or not _matches(name, targets):
+            continue
+        if isinstance(module, QWTHNLayer):
+            raise AdapterError(f"module {name!r} already has a QWTHN adapter")
+        (matched if _adaptable(module) else wrong_type).append((name, module))
+    if wrong_type and not matched:
+        name, module = wrong_type[0]
+        raise AdapterError(
+            f"target {name!r} is a {type(module).__name__}; QWTHN adapts nn.Linear and Conv1D "
+            f"layers. Candidates in this model: {_candidate_names(model)}"
+        )
+    if not matched:
+        raise AdapterError(
+            f"target_modules {targets!r} match no module of this "
+            f"{type(model).__name__}. Candidates: {_candidate_names(model)}"
+        )
+    if not isinstance(targets, str):
+        found = {t for t in targets if any(_matches(n, [t]) for n, _ in matched)}
+        missing = [t for t in targets if t not in found]
+        if missing:
+            raise AdapterError(
+                f"target_modules {missing} match no linear layer of this "
+                f"{type(model).__name__}. Candidates: {_candidate_names(model)}"
+            )
+    return [name for name, _ in matched]
+
+
+def inject_adapters(model: nn.Module, config: QWTHNConfig) -> list[str]:
+    """Wrap every target layer of ``model`` in place with a QWTHNLayer; freeze everything else.
+
+    Returns the adapted module names. Adapter parameters are created in float32 (the QNN needs
+    it) on the device of the layer they wrap.
+    """
+    targets = config.target_modules or default_target_modules(model)
+    names = find_target_modules(model, targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        base = getattr(parent, child)
+        device = next(base.parameters()).device
+        setattr(parent, child, QWTHNLayer(base, config).to(device))
+    return names
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Trainable-parameter counts: QWTHN against LoRA (peft) on the same targets."""
+
+    base_parameters: int
+    qwthn_trainable: int
+    qwthn_per_part: dict[str, int]
+    lora_trainable: dict[int, int]  # rank -> trainable parameters
+    rank: int
+    targets: list[str]
+
+    def reduction_vs_lora(self, rank: int | None = None) -> float:
+        """Fraction fewer trainable parameters than LoRA at ``rank`` (default: the same r)."""
+        lora = self.lora_trainable[rank or self.rank]
+        return 1.0 - self.qwthn_trainable / lora
+
+    def render(self) -> str:
+        """A rich table as plain text (what the CLI prints)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Trainable parameters ({len(self.targets)} adapted modules)")
+        for col in ("method", "trainable", "% of base", "vs QWTHN"):
+            table.add_column(col, justify="right" if col != "method" else "left")
+
+        def row(label: str, n: int) -> None:
+            ratio = f"{n / self.qwthn_trainable:.2f}x" if self.qwthn_trainable else "-"
+            table.add_row(label, f"{n:,}", f"{100 * n / self.base_parameters:.3f}%", ratio)
+
+        row(f"QWTHN r={self.rank}", self.qwthn_trainable)
+        for part, n in self.qwthn_per_part.items():
+            table.add_row(f"  {part}", f"{n:,}", "", "")
+        for r, n in sorted(self.lora_trainable.items()):
+            row(f"LoRA r={r} (peft)", n)
+        console = Console(width=100, record=True, file=_NullFile())
+        console.print(table)
+        red = self.reduction_vs_lora()
+        verdict = "fewer" if red >= 0 else "more"
+        return console.export_text() + (
+            f"QWTHN trains {abs(red):.1%} {verdict} parameters than LoRA at the same rank "
+            f"r={self.rank}.\n"
+        )
+
+
+class _NullFile:
+    def write(self, _: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+def _lora_trainable(model: nn.Module, targets: list[str], ranks: list[int]) -> dict[int, int]:
+    """Count what peft's LoRA would train, on a meta-device twin of the base (no memory)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    counts = {}
+    for r in ranks:
+        with torch.device("meta"):
+            twin = AutoModelForCausalLM.from_config(model.config)
+        lora = get_peft_model(twin, LoraConfig(r=r, target_modules=targets))
+        counts[r] = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    return counts
+
+
+class QWTHNModel(nn.Module):
+    """A transformers model with QWTHN adapters: forward/generate delegate to the base model."""
+
+    def __init__(self, base_model: nn.Module, config: QWTHNConfig) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.qwthn_config = config
+        self.adapted_modules = inject_adapters(base_model, config)
+
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.base_model.generate(*args, **kwargs)
+
+    @property
+    def config(self):
+        return self.base_model.config
+
+    def adapter_layers(self) -> dict[str, QWTHNLayer]:
+        return {name: self.base_model.get_submodule(name) for name in self.adapted_modules}
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """Base weights under their original names (as the unadapted model would save them)."""
+        out = {}
+        for key, value in self.base_model.state_dict().items():
+            if ".qwthn." in key:
+                continue
+            out[key.replace(".base_layer.", ".")] = value
+        return out
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter weights with PEFT-like keys ``base_model.model.<path>.qwthn.<param>``."""
+        return {
+            _KEY_PREFIX + key: value.detach().clone()
+            for key, value in self.base_model.state_dict().items()
+            if ".qwthn." in key
+        }
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load adapter weights; every key must match, in name and shape."""
+        own = self.adapter_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise AdapterError(
+                f"adapter weights do not fit this model: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
+            )
+        for key, value in state.items():
+            if value.shape != own[key].shape:
+                raise AdapterError(
+                    f"adapter weight {key} has shape {list(value.shape)}, model expects "
+                    f"{list(own[key].shape)}"
+                )
+        stripped = {k[len(_KEY_PREFIX) :]: v for k, v in state.items()}
+        self.base_model.load_state_dict(stripped, strict=False)
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / ADAPTER_WEIGHTS_NAME) as tmp:
+            save_file(self.adapter_state_dict(), tmp, metadata={"format": "pt", "adapter": "QWTHN"})
+        self.qwthn_config.save(directory)
+        return directory
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_report(self, lora_ranks: tuple[int, ...] = (4, 8, 16)) -> ParameterReport:
+        parts: dict[str, int] = {}
+        for layer in self.adapter_layers().values():
+            for name, child in layer.qwthn.named_children():
+                n = sum(p.numel() for p in child.parameters())
+                parts[name] = parts.get(name, 0) + n
+        fusion = sum(
+            p.numel()
+            for layer in self.adapter_layers().values()
+            for name, p in layer.qwthn.named_parameters(recurse=False)
+        )
+        if fusion:
+            parts["fusion (alpha, beta)"] = fusion
+        ranks = sorted({*lora_ranks, self.qwthn_config.rank})
+        return ParameterReport(
+            base_parameters=sum(
+                p.numel() for n, p in self.base_model.named_parameters() if ".qwthn." not in n
+            ),
+            qwthn_trainable=self.trainable_parameters(),
+            qwthn_per_part={k: v for k, v in parts.items() if v},
+            lora_trainable=_lora_trainable(self.base_model, self.adapted_modules, ranks),
+            rank=self.qwthn_config.rank,
+            targets=list(self.adapted_modules),
+        )
+
+
+def load_adapter(base_model: nn.Module, directory: str | Path) -> QWTHNModel:
+    """Attach the adapter saved in ``directory`` to ``base_model`` (PEFT's from_pretrained)."""
+    directory = Path(directory)
+    config = QWTHNConfig.load(directory)
+    path = directory / ADAPTER_WEIGHTS_NAME
+    try:
+        state = load_file(path)
+    except FileNotFoundError as e:
+        raise AdapterError(f"{path} not found: save the adapter with save_adapter()") from e
+    except SafetensorError as e:
+        raise AdapterError(f"{path} is not a valid safetensors file: {e}") from e
+    model = QWTHNModel(base_model, config)
+    model.load_adapter_state_dict(state)
+    return model

@@ -1,0 +1,136 @@
+"""Fine-tuning data: text and JSONL files, and their tokenisation for causal-LM training.
+
+Formats (one example per line):
+- ``.txt`` (any non-JSONL name): each non-empty line is a text example, trained on whole.
+- ``.jsonl``: ``{"text": ...}`` (trained on whole) or ``{"prompt": ..., "completion": ...}``
+  (loss on the completion only, as users of instruction tuning expect).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["DataError", "Example", "TokenizedData", "load_examples", "tokenize_examples"]
+
+
+class DataError(ValueError):
+    """A dataset that is missing, empty or malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A training example: the model learns ``completion`` given ``prompt`` (which may be "")."""
+
+    prompt: str
+    completion: str
+
+
+def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Example:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    if "text" in record:
+        fields = {"prompt": "", "completion": record["text"]}
+    elif "prompt" in record and "completion" in record:
+        fields = {"prompt": record["prompt"], "completion": record["completion"]}
+    else:
+        raise DataError(
+            f'{path}:{lineno}: needs a "text" key or "prompt" and "completion" keys, '
+            f"found {sorted(record)}"
+        )
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise DataError(
+                f'{path}:{lineno}: "{key}" must be a string, got {type(value).__name__}'
+            )
+    if not fields["completion"]:
+        raise DataError(f"{path}:{lineno}: empty completion/text; nothing to learn from")
+    return Example(**fields)
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Read a ``.txt`` or ``.jsonl`` dataset; raise DataError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: dataset file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    examples = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if jsonl:
+            examples.append(_parse_jsonl_line(path, lineno, line))
+        else:
+            examples.append(Example("", line))
+    if not examples:
+        raise DataError(f"{path}: the dataset is empty (no non-blank lines)")
+    return examples
+
+
+@dataclass
+class TokenizedData:
+    """Right-padded tensors; ``labels`` is -100 on prompt and padding positions."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows in ``index``, trimmed to their longest sequence (saves compute)."""
+        mask = self.attention_mask[index]
+        width = int(mask.sum(dim=1).max())
+        return {
+            "input_ids": self.input_ids[index, :width],
+            "attention_mask": mask[:, :width],
+            "labels": self.labels[index, :width],
+        }
+
+
+def tokenize_examples(
+    examples: Sequence[Example], tokenizer: Any, max_length: int = 256
+) -> TokenizedData:
+    """Tokenise as ``[bos] prompt completion [eos]``, masking the prompt out of the loss.
+
+    Examples longer than ``max_length`` are truncated (the end, including eos, is dropped).
+    """
+    if not examples:
+        raise DataError("no examples to tokenize")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
+    rows = []
+    for ex in examples:
+        prompt = bos + tokenizer.encode(ex.prompt, add_special_tokens=False)
+        completion = tokenizer.encode(ex.completion, add_special_tokens=False) + eos
+        ids = (prompt + completion)[:max_length]
+        labels = ([-100] * len(prompt) + completion)[:max_length]
+        rows.append((ids, labels))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, : len(lab)] = torch.tensor(lab)
+    if not (labels != -100).any():
+        raise DataError(f"every token is masked out (max_length={max_length} too small?)")
+    return TokenizedData(input_ids, attention, labels)

@@ -1,0 +1,159 @@
+"""The embedded default: everything the main job needs, built offline in seconds.
+
+- a character-level tokenizer (``tokenizers`` WordLevel), no download;
+- tiny causal LMs of the Llama, Qwen2 and GPT-2 families built from configs;
+- generated arithmetic tasks whose accuracy is measurable (exact match of the answer).
+
+The demo pre-trains the tiny base on one task (``add``: "23+58=" -> "81"), then fine-tunes QWTHN
+adapters on a task the base has not seen (``add_words``: "23 plus 58 is " -> "81"), so the
+adaptation is real: the base knows addition, the adapters teach it a new phrasing.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from qwthn_onnx.data import Example
+
+__all__ = [
+    "DEMO_ARCHITECTURES",
+    "TASKS",
+    "build_char_tokenizer",
+    "build_tiny_model",
+    "exact_match",
+    "make_task",
+]
+
+_SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+DEMO_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase + " +-*/=?:.,!'\""
+
+
+def build_char_tokenizer(alphabet: str = DEMO_ALPHABET) -> Any:
+    """A character-level ``PreTrainedTokenizerFast``: one token per character of ``alphabet``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*_SPECIALS, *dict.fromkeys(alphabet)])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
+def _llama(vocab: int, tok: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def _qwen2(vocab: int, tok: Any) -> Any:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def _gpt2(vocab: int, tok: Any) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+
+
+DEMO_ARCHITECTURES: dict[str, Callable[[int, Any], Any]] = {
+    "llama": _llama,
+    "qwen2": _qwen2,
+    "gpt2": _gpt2,
+}
+
+
+def build_tiny_model(tokenizer: Any, architecture: str = "llama", seed: int = 0) -> nn.Module:
+    """A randomly initialised tiny causal LM (~100k parameters) for ``tokenizer``'s vocab."""
+    from transformers import AutoModelForCausalLM
+
+    if architecture not in DEMO_ARCHITECTURES:
+        raise ValueError(
+            f"unknown demo architecture {architecture!r}; choose from {sorted(DEMO_ARCHITECTURES)}"
+        )
+    config = DEMO_ARCHITECTURES[architecture](len(tokenizer), tokenizer)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+TASKS: dict[str, Callable[[int, int], Example]] = {
+    "add": lambda a, b: Example(f"{a}+{b}=", str(a + b)),
+    "add_words": lambda a, b: Example(f"{a} plus {b} is ", str(a + b)),
+    "sub": lambda a, b: Example(f"{max(a, b)}-{min(a, b)}=", str(abs(a - b))),
+}
+
+
+def make_task(
+    task: str, n_train: int, n_test: int, seed: int = 0, max_operand: int = 99
+) -> tuple[list[Example], list[Example]]:
+    """Train and held-out examples of ``task`` over operand pairs that never overlap."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    if n_train + n_test > len(pairs):
+        raise ValueError(f"{task}: only {len(pairs)} operand pairs for {n_train}+{n_test}")
+    random.Random(seed).shuffle(pairs)
+    make = TASKS[task]
+    test = [make(a, b) for a, b in pairs[:n_test]]
+    train = [make(a, b) for a, b in pairs[n_test : n_test + n_train]]
+    return train, test
+
+
+@torch.no_grad()
+def exact_match(
+    model: nn.Module, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 6
+) -> float:
+    """Fraction of examples whose greedy continuation (up to eos) equals the completion.
+
+    Prompts are batched by token length, so no padding enters the computation.
+    """
+    was_training = model.training
+    model.eval()
+    groups: dict[int, list[tuple[list[int], str]]] = {}
+    for ex in examples:
+        ids = [tokenizer.bos_token_id, *tokenizer.encode(ex.prompt, add_special_tokens=False)]
+        groups.setdefault(len(ids), []).append((ids, ex.completion))
+    correct = 0
+    for items in groups.values():
+        prompt = torch.tensor([ids for ids, _ in items])
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        texts = tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=False)
+        for text, (_, answer) in zip(texts, items, strict=True):
+            correct += text.split(tokenizer.eos_token)[0] == answer
+    model.train(was_training)
+    return correct / len(examples)
