@@ -5,8 +5,11 @@
 - generated arithmetic tasks whose accuracy is measurable (exact match of the answer).
 
 The demo pre-trains the tiny base on one task (``add``: "23+58=" -> "81"), then fine-tunes QWTHN
-adapters on a task the base has not seen (``add_words``: "23 plus 58 is " -> "81"), so the
-adaptation is real: the base knows addition, the adapters teach it a new phrasing.
+adapters on a notation the base has never seen for the same skill (``and_add``: "23&58=" -> "81",
+read "23 and 58"), so the adaptation is real and measurable: held-out exact match goes from
+~10% to ~90% (LoRA from peft at r=8 on the same targets reaches a similar figure; see README).
+A harder variant (``add_words``, a whole new phrasing) is out of reach of q/v adapters of either
+kind in a few hundred steps, which is why the demo does not use it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = [
 ]
 
 _SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-DEMO_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase + " +-*/=?:.,!'\""
+DEMO_ALPHABET = string.digits + string.ascii_lowercase + string.ascii_uppercase + " +-*/&=?:.,!'\""
 
 
 def build_char_tokenizer(alphabet: str = DEMO_ALPHABET) -> Any:
@@ -106,8 +109,8 @@ def build_tiny_model(tokenizer: Any, architecture: str = "llama", seed: int = 0)
 
 TASKS: dict[str, Callable[[int, int], Example]] = {
     "add": lambda a, b: Example(f"{a}+{b}=", str(a + b)),
+    "and_add": lambda a, b: Example(f"{a}&{b}=", str(a + b)),
     "add_words": lambda a, b: Example(f"{a} plus {b} is ", str(a + b)),
-    "sub": lambda a, b: Example(f"{max(a, b)}-{min(a, b)}=", str(abs(a - b))),
 }
 
 

@@ -7,6 +7,7 @@ The on-disk adapter follows PEFT's layout: ``adapter_config.json`` and
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def _lora_trainable(model: nn.Module, targets: list[str], ranks: list[int]) -> d
     for r in ranks:
         with torch.device("meta"):
             twin = AutoModelForCausalLM.from_config(model.config)
-        lora = get_peft_model(twin, LoraConfig(r=r, target_modules=targets))
+        with warnings.catch_warnings():  # peft calls transformers APIs deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            lora = get_peft_model(twin, LoraConfig(r=r, target_modules=targets))
         counts[r] = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     return counts
 

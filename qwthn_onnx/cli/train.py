@@ -38,6 +38,7 @@ USER_ERRORS = (AdapterError, ConfigError, DataError, ModelFileError, CircuitErro
 # The embedded default uses a smaller circuit than the paper's 10 qubits x 10 layers so the whole
 # job takes about a minute on two cores; pass --n-qubits/--n-layers to change it.
 DEMO_ADAPTER = {"n_qubits": 4, "n_layers": 2, "rank": 8, "alpha": 16.0}
+DEMO_TRAINING = {"steps": 600, "learning_rate": 1e-2}
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,9 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test-examples", type=int, default=200)
     t = p.add_argument_group("training")
     defaults = TrainingArguments()
-    t.add_argument("--steps", type=int, default=300)
+    t.add_argument(
+        "--steps", type=int, help=f"default {defaults.steps} (demo: {DEMO_TRAINING['steps']})"
+    )
     t.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    t.add_argument("--lr", type=float, default=defaults.learning_rate, dest="learning_rate")
+    t.add_argument(
+        "--lr",
+        type=float,
+        dest="learning_rate",
+        help=f"default {defaults.learning_rate} (demo: {DEMO_TRAINING['learning_rate']})",
+    )
     t.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     t.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     t.add_argument("--seed", type=int, default=defaults.seed)
@@ -124,7 +132,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         tokenizer = build_char_tokenizer()
         base = build_tiny_model(tokenizer, args.arch, seed=args.seed)
         n = args.train_examples
-        pre_train, _ = make_task("add", n, args.test_examples, seed=args.seed + 1)
+        pre_train, pre_test = make_task("add", n, args.test_examples, seed=args.seed + 1)
         console.print(
             f"[bold]demo[/]: tiny {args.arch} ({sum(p.numel() for p in base.parameters()):,} "
             f"parameters), char tokenizer ({len(tokenizer)} tokens)"
@@ -141,17 +149,21 @@ def run(args: argparse.Namespace, console: Console) -> Path:
             description="pre-train base",
             progress=progress,
         )
-        examples, test = make_task("add_words", n, args.test_examples, seed=args.seed + 2)
-        if args.data is not None:
-            examples, test = load_examples(args.data), []
+        base_accuracy = exact_match(base, tokenizer, pre_test)
+        console.print(f"base model exact match on held-out addition: [bold]{base_accuracy:.1%}[/]")
         training["base_pretraining"] = {
             "task": "add",
             "steps": args.pretrain_steps,
             "final_loss": pre.final_loss,
+            "eval": base_accuracy,
         }
-        training["dataset"] = (
-            str(args.data) if args.data else f"generated:add_words:n={n}:seed={args.seed + 2}"
-        )
+        if args.data is None:
+            console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
+            examples, test = make_task("and_add", n, args.test_examples, seed=args.seed + 2)
+            training["dataset"] = f"generated:and_add:n={n}:seed={args.seed + 2}"
+        else:
+            examples, test = load_examples(args.data), []
+            training["dataset"] = {"path": str(args.data), "sha256": _file_digest(args.data)}
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -178,10 +190,10 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         )
         training["eval_before"] = before
     data = tokenize_examples(examples, tokenizer, args.max_length)
+    chosen = {k: v for k in ("steps", "learning_rate") if (v := getattr(args, k)) is not None}
     targs = TrainingArguments(
-        steps=args.steps,
+        **{**(DEMO_TRAINING if demo else {}), **chosen},
         batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
         seed=args.seed,
