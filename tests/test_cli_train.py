@@ -1,12 +1,14 @@
 import dataclasses
 import json
+import os
 import shutil
+import signal
 import subprocess
 
 import pytest
 
 from qwthn_onnx import QWTHNConfig
-from qwthn_onnx.checkpoint import read_model_pt
+from qwthn_onnx.checkpoint import load_model_pt, read_model_pt
 from qwthn_onnx.cli import train as cli
 
 FAST = [
@@ -99,3 +101,42 @@ def test_console_script_is_installed_and_lists_every_config_field():
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
     for f in dataclasses.fields(QWTHNConfig):
         assert "--" + f.name.replace("_", "-") in result.stdout
+
+
+def test_local_model_directory_with_referenced_base(tmp_path, tiny_model, tokenizer):
+    model_dir = tmp_path / "hf"
+    tiny_model("qwen2").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "train.txt"
+    data.write_text("12+3=15\n4+4=8\n")
+    out = tmp_path / "model.pt"
+    argv = ["--model", str(model_dir), "--data", str(data), "-o", str(out), "--steps", "2", "-q",
+            "--n-qubits", "2", "--n-layers", "1", "--base-weights", "reference"]  # fmt: skip
+    assert cli.main(argv) == 0
+    payload = read_model_pt(out)
+    assert payload["base_model"]["architecture"] == "Qwen2ForCausalLM"
+    assert payload["base_model"]["state_dict"] is None
+    assert payload["base_model"]["reference"]["path"] == str(model_dir.resolve())
+    assert payload["training"]["dataset"]["path"] == str(data)
+    assert load_model_pt(out).model.adapted_modules[0] == "model.layers.0.self_attn.q_proj"
+
+
+def test_sigterm_leaves_no_partial_output(tmp_path):
+    outdir, log = tmp_path / "out", tmp_path / "stderr.txt"
+    outdir.mkdir()
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            ["qwthn-train", "-o", str(outdir / "model.pt"), "--pretrain-steps", "100000"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert "demo" in proc.stdout.readline()  # started: imports done, training begins
+        finally:
+            proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "was not written" in log.read_text()
+    assert list(outdir.iterdir()) == []

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -219,8 +220,13 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     return path
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through atomic writes, which remove their temp files
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     console = Console(stderr=False, quiet=args.quiet, highlight=False)
     try:
         run(args, console)
