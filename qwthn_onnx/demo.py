@@ -55,43 +55,26 @@ def build_char_tokenizer(alphabet: str = DEMO_ALPHABET) -> Any:
     )
 
 
-def _llama(vocab: int, tok: Any) -> Any:
-    from transformers import LlamaConfig
+DEMO_ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "qwen2")
 
-    return LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+
+def _tiny_config(architecture: str, tokenizer: Any) -> Any:
+    """A 2-layer, 64-wide config; Llama and Qwen2 also get grouped-query attention (kv 2)."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    common = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if architecture == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **common)
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[architecture]
+    return config_class(
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, **common,
     )  # fmt: skip
-
-
-def _qwen2(vocab: int, tok: Any) -> Any:
-    from transformers import Qwen2Config
-
-    return Qwen2Config(
-        vocab_size=vocab, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
-    )  # fmt: skip
-
-
-def _gpt2(vocab: int, tok: Any) -> Any:
-    from transformers import GPT2Config
-
-    return GPT2Config(
-        vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-
-
-DEMO_ARCHITECTURES: dict[str, Callable[[int, Any], Any]] = {
-    "llama": _llama,
-    "qwen2": _qwen2,
-    "gpt2": _gpt2,
-}
 
 
 def build_tiny_model(tokenizer: Any, architecture: str = "llama", seed: int = 0) -> nn.Module:
@@ -102,7 +85,7 @@ def build_tiny_model(tokenizer: Any, architecture: str = "llama", seed: int = 0)
         raise ValueError(
             f"unknown demo architecture {architecture!r}; choose from {sorted(DEMO_ARCHITECTURES)}"
         )
-    config = DEMO_ARCHITECTURES[architecture](len(tokenizer), tokenizer)
+    config = _tiny_config(architecture, tokenizer)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
 

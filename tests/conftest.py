@@ -1,3 +1,10 @@
+import os
+
+# The suite runs tiny models that gain nothing from a second thread, while OpenMP threads that
+# spin-wait on a shared, busy machine were measured 70x slower per step. Set before torch loads;
+# subprocesses (CLI tests) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 

@@ -140,3 +140,13 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     assert proc.returncode == 130
     assert "was not written" in log.read_text()
     assert list(outdir.iterdir()) == []
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main([*FAST, "-o", str(blocker / "model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "is not writable" in err and "demo" not in err
+    assert cli.main([*FAST, "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import hashlib
 import json
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 from rich.console import Console
 
 from qwthn_onnx import __version__
-from qwthn_onnx.adapter import AdapterError, ConfigError, QWTHNConfig, QWTHNModel
+from qwthn_onnx.adapter import (
+    AdapterError,
+    ConfigError,
+    QWTHNConfig,
+    QWTHNModel,
+    default_target_modules,
+    find_target_modules,
+)
 from qwthn_onnx.checkpoint import ModelFileError, save_model_pt
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.data import DataError, load_examples, tokenize_examples
@@ -119,70 +127,87 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _check_output(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written (a directory, or no permission)."""
+    if path.is_dir():
+        raise DataError(f"--output {path} is a directory; give a file path like model.pt")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise DataError(f"--output {path} is not writable: {e.strerror}") from e
+
+
+def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, training: dict):
+    """Tiny base pre-trained on addition; returns (base, tokenizer, examples, held-out test)."""
+    tokenizer = build_char_tokenizer()
+    base = build_tiny_model(tokenizer, args.arch, seed=args.seed)
+    find_target_modules(base, config.target_modules or default_target_modules(base))
+    n = args.train_examples
+    pre_train, pre_test = make_task("add", n, args.test_examples, seed=args.seed + 1)
+    console.print(
+        f"[bold]demo[/]: tiny {args.arch} ({sum(p.numel() for p in base.parameters()):,} "
+        f"parameters), char tokenizer ({len(tokenizer)} tokens)"
+    )
+    console.print(
+        f"pre-training the base on addition ('23+58=' -> '81'), {args.pretrain_steps} steps"
+    )
+    pre = train(
+        base,
+        tokenize_examples(pre_train, tokenizer, args.max_length),
+        TrainingArguments(
+            steps=args.pretrain_steps, batch_size=64, learning_rate=3e-3, seed=args.seed
+        ),
+        description="pre-train base",
+        progress=not args.quiet,
+    )
+    accuracy = exact_match(base, tokenizer, pre_test)
+    console.print(f"base model exact match on held-out addition: [bold]{accuracy:.1%}[/]")
+    training["base_pretraining"] = {
+        "task": "add",
+        "steps": args.pretrain_steps,
+        "final_loss": pre.final_loss,
+        "eval": accuracy,
+    }
+    console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
+    examples, test = make_task("and_add", n, args.test_examples, seed=args.seed + 2)
+    training["dataset"] = f"generated:and_add:n={n}:seed={args.seed + 2}"
+    return base, tokenizer, examples, test
+
+
 def run(args: argparse.Namespace, console: Console) -> Path:
     demo = args.model is None
-    progress = not args.quiet
     training: dict[str, Any] = {"seed": args.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if args.output.exists() and args.output.is_dir():
-        raise DataError(f"--output {args.output} is a directory; give a file path like model.pt")
+    # Every check that can fail on the user's input runs before any work.
+    _check_output(args.output)
     if demo and args.base_weights == "reference":
-        raise ConfigError(
-            "--base-weights reference needs --model DIR (the demo base has no directory)"
+        raise ConfigError("--base-weights reference needs --model DIR (the demo base has none)")
+    if not demo and args.data is None:
+        raise DataError("--data is required with --model (a .txt or .jsonl dataset)")
+    if not demo and not (args.model / "config.json").is_file():
+        raise ModelFileError(
+            f"--model {args.model} is not a Hugging Face model directory (no config.json)"
         )
+    config = _adapter_config(args, demo)
+    examples = load_examples(args.data) if args.data is not None else None
+    if examples is not None:
+        training["dataset"] = {"path": str(args.data), "sha256": _file_digest(args.data)}
+
+    test: list = []
     if demo:
-        tokenizer = build_char_tokenizer()
-        base = build_tiny_model(tokenizer, args.arch, seed=args.seed)
-        n = args.train_examples
-        pre_train, pre_test = make_task("add", n, args.test_examples, seed=args.seed + 1)
-        console.print(
-            f"[bold]demo[/]: tiny {args.arch} ({sum(p.numel() for p in base.parameters()):,} "
-            f"parameters), char tokenizer ({len(tokenizer)} tokens)"
-        )
-        console.print(
-            f"pre-training the base on addition ('23+58=' -> '81'), {args.pretrain_steps} steps"
-        )
-        pre = train(
-            base,
-            tokenize_examples(pre_train, tokenizer, args.max_length),
-            TrainingArguments(
-                steps=args.pretrain_steps, batch_size=64, learning_rate=3e-3, seed=args.seed
-            ),
-            description="pre-train base",
-            progress=progress,
-        )
-        base_accuracy = exact_match(base, tokenizer, pre_test)
-        console.print(f"base model exact match on held-out addition: [bold]{base_accuracy:.1%}[/]")
-        training["base_pretraining"] = {
-            "task": "add",
-            "steps": args.pretrain_steps,
-            "final_loss": pre.final_loss,
-            "eval": base_accuracy,
-        }
-        if args.data is None:
-            console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
-            examples, test = make_task("and_add", n, args.test_examples, seed=args.seed + 2)
-            training["dataset"] = f"generated:and_add:n={n}:seed={args.seed + 2}"
-        else:
-            examples, test = load_examples(args.data), []
-            training["dataset"] = {"path": str(args.data), "sha256": _file_digest(args.data)}
+        base, tokenizer, demo_examples, demo_test = _demo_base(args, config, console, training)
+        if examples is None:
+            examples, test = demo_examples, demo_test
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if args.data is None:
-            raise DataError("--data is required with --model (a .txt or .jsonl dataset)")
-        if not (args.model / "config.json").is_file():
-            raise ModelFileError(
-                f"--model {args.model} is not a Hugging Face model directory (no config.json)"
-            )
-        examples, test = load_examples(args.data), []
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         base = AutoModelForCausalLM.from_pretrained(args.model)
-        training["dataset"] = {"path": str(args.data), "sha256": _file_digest(args.data)}
         training["base_model_path"] = str(args.model.resolve())
 
-    config = _adapter_config(args, demo)
     model = QWTHNModel(base, config)
-    if progress:
+    if not args.quiet:
         console.print(model.parameter_report().render())
     if test:
         before = exact_match(model, tokenizer, test)
@@ -199,7 +224,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         warmup_steps=args.warmup_steps,
         seed=args.seed,
     )
-    result = train(model, data, targs, description="fine-tune QWTHN", progress=progress)
+    result = train(model, data, targs, description="fine-tune QWTHN", progress=not args.quiet)
     training.update(result.to_dict())
     console.print(
         f"fine-tuned {result.trainable_parameters:,} parameters for {targs.steps} steps in "
@@ -209,7 +234,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         after = exact_match(model, tokenizer, test)
         console.print(f"held-out exact match after fine-tuning:  [bold]{after:.1%}[/]")
         training["eval_after"] = after
-    reference = args.model if args.base_weights == "reference" and not demo else None
+    reference = args.model if args.base_weights == "reference" else None
     path = save_model_pt(args.output, model, tokenizer, training, base_reference=reference)
     console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.adapter_dir:

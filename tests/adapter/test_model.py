@@ -145,3 +145,11 @@ def test_parameter_report_matches_counts_and_peft(tiny_model):
     assert report.reduction_vs_lora() == pytest.approx(
         1 - report.qwthn_trainable / report.lora_trainable[4]
     )
+
+
+def test_adapted_model_deep_copies_with_identical_outputs(tiny_model, batch):
+    model = QWTHNModel(tiny_model("gpt2"), QWTHNConfig(**SMALL, init_delta="normal")).eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(twin(**batch).logits, model(**batch).logits)
+    assert twin.adapted_modules == model.adapted_modules
