@@ -14,12 +14,14 @@ the simulator translates between the two.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -222,7 +224,8 @@ GATES: dict[str, GateSpec] = dict(
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Integers, numpy ones included; bools are rejected (True is not a wire or index)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 @dataclass(frozen=True)
@@ -239,10 +242,12 @@ class Param:
                 "use Param.input(i), Param.weight(i) or Param.const(angle)."
             )
         if self.kind == "const":
-            if not isinstance(self.value, int | float) or isinstance(self.value, bool):
+            if not isinstance(self.value, numbers.Real) or isinstance(self.value, bool):
                 raise CircuitError(f"Param.const needs a real angle, got {self.value!r}.")
             object.__setattr__(self, "value", float(self.value))
-        elif not _is_int(self.value):
+        elif _is_int(self.value):
+            object.__setattr__(self, "value", int(self.value))
+        else:
             raise CircuitError(
                 f"Param.{self.kind} needs an integer index, got {self.value!r} "
                 f"({type(self.value).__name__})."
@@ -282,10 +287,9 @@ class Gate:
             if not isinstance(value, tuple | list):
                 raise CircuitError(f"Gate {attr} must be a tuple, got {value!r}.")
             object.__setattr__(self, attr, tuple(value))
-
-    @property
-    def spec(self) -> GateSpec:
-        return GATES[self.name]
+        # numpy integer wires become ints so that equal gates compare and hash equal
+        wires = tuple(int(w) if _is_int(w) else w for w in self.wires)
+        object.__setattr__(self, "wires", wires)
 
     def to_dict(self) -> dict[str, Any]:
         return {
