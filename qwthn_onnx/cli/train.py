@@ -252,7 +252,7 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    console = Console(stderr=False, quiet=args.quiet, highlight=False)
+    console = Console(quiet=args.quiet, highlight=False, soft_wrap=True)
     try:
         run(args, console)
     except USER_ERRORS as e:
