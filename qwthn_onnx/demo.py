@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qwthn_onnx.data import Example
+from qwthn_onnx.data import Example, tokenize_examples
+from qwthn_onnx.training import TrainingArguments, TrainingResult, train
 
 __all__ = [
     "DEMO_ARCHITECTURES",
@@ -30,7 +31,9 @@ __all__ = [
     "build_char_tokenizer",
     "build_tiny_model",
     "exact_match",
+    "finetune_task",
     "make_task",
+    "pretrain_base",
 ]
 
 _SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -143,3 +146,31 @@ def exact_match(
             correct += text.split(tokenizer.eos_token)[0] == answer
     model.train(was_training)
     return correct / len(examples)
+
+
+def pretrain_base(
+    base: nn.Module,
+    tokenizer: Any,
+    steps: int = 1500,
+    n_train: int = 2000,
+    n_test: int = 200,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[TrainingResult, float]:
+    """Fully train the tiny base on ``add``; returns the run and held-out exact match."""
+    examples, test = make_task("add", n_train, n_test, seed=seed + 1)
+    result = train(
+        base,
+        tokenize_examples(examples, tokenizer),
+        TrainingArguments(steps=steps, batch_size=64, learning_rate=3e-3, seed=seed),
+        description="pre-train base",
+        progress=progress,
+    )
+    return result, exact_match(base, tokenizer, test)
+
+
+def finetune_task(
+    n_train: int = 2000, n_test: int = 200, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """The demo's fine-tuning data: ``and_add`` ("23&58=" -> "81"), train and held-out."""
+    return make_task("and_add", n_train, n_test, seed=seed + 2)

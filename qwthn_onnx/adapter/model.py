@@ -6,6 +6,7 @@ The on-disk adapter follows PEFT's layout: ``adapter_config.json`` and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ class QWTHNModel(nn.Module):
 
     def __init__(self, base_model: nn.Module, config: QWTHNConfig) -> None:
         super().__init__()
+        if config.target_modules is None:  # record the defaults, so a reload adapts the same
+            config = dataclasses.replace(config, target_modules=default_target_modules(base_model))
         self.base_model = base_model
         self.qwthn_config = config
         self.adapted_modules = inject_adapters(base_model, config)

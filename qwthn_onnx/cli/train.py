@@ -37,7 +37,8 @@ from qwthn_onnx.demo import (
     build_char_tokenizer,
     build_tiny_model,
     exact_match,
-    make_task,
+    finetune_task,
+    pretrain_base,
 )
 from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.training import TrainingArguments, train
@@ -144,8 +145,6 @@ def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, 
     tokenizer = build_char_tokenizer()
     base = build_tiny_model(tokenizer, args.arch, seed=args.seed)
     find_target_modules(base, config.target_modules or default_target_modules(base))
-    n = args.train_examples
-    pre_train, pre_test = make_task("add", n, args.test_examples, seed=args.seed + 1)
     console.print(
         f"[bold]demo[/]: tiny {args.arch} ({sum(p.numel() for p in base.parameters()):,} "
         f"parameters), char tokenizer ({len(tokenizer)} tokens)"
@@ -153,16 +152,10 @@ def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, 
     console.print(
         f"pre-training the base on addition ('23+58=' -> '81'), {args.pretrain_steps} steps"
     )
-    pre = train(
-        base,
-        tokenize_examples(pre_train, tokenizer, args.max_length),
-        TrainingArguments(
-            steps=args.pretrain_steps, batch_size=64, learning_rate=3e-3, seed=args.seed
-        ),
-        description="pre-train base",
-        progress=not args.quiet,
+    n, n_test = args.train_examples, args.test_examples
+    pre, accuracy = pretrain_base(
+        base, tokenizer, args.pretrain_steps, n, n_test, args.seed, progress=not args.quiet
     )
-    accuracy = exact_match(base, tokenizer, pre_test)
     console.print(f"base model exact match on held-out addition: [bold]{accuracy:.1%}[/]")
     training["base_pretraining"] = {
         "task": "add",
@@ -171,9 +164,8 @@ def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, 
         "eval": accuracy,
     }
     console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
-    examples, test = make_task("and_add", n, args.test_examples, seed=args.seed + 2)
-    training["dataset"] = f"generated:and_add:n={n}:seed={args.seed + 2}"
-    return base, tokenizer, examples, test
+    training["dataset"] = f"generated:and_add:n={n}:seed={args.seed}"
+    return (base, tokenizer, *finetune_task(n, n_test, args.seed))
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:

@@ -32,8 +32,11 @@ def test_step_zero_outputs_equal_base_exactly(tiny_model, batch, arch):
     [("llama", {"q_proj", "v_proj"}), ("qwen2", {"q_proj", "v_proj"}), ("gpt2", {"c_attn"})],
 )
 def test_default_targets_per_architecture(tiny_model, arch, expected):
-    model = QWTHNModel(tiny_model(arch), QWTHNConfig(**SMALL))
+    config = QWTHNConfig(**SMALL)
+    model = QWTHNModel(tiny_model(arch), config)
     assert {n.rsplit(".", 1)[-1] for n in model.adapted_modules} == expected
+    assert set(model.qwthn_config.target_modules) == expected  # recorded for reloads
+    assert config.target_modules is None  # the caller's config is not mutated
     assert len(model.adapted_modules) == 2 * len(expected)  # two transformer blocks
     if arch == "gpt2":
         layers = model.adapter_layers().values()
@@ -119,8 +122,16 @@ def test_adapter_save_load_round_trip(tmp_path, tiny_model, batch):
     loaded = load_adapter(tiny_model("gpt2"), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
-    with pytest.raises(AdapterError, match="do not fit this model"):
+    with pytest.raises(
+        AdapterError, match=r"\['c_attn'\] match no module of this LlamaForCausalLM"
+    ):
         load_adapter(tiny_model("llama"), tmp_path)
+    state = model.adapter_state_dict()
+    key = next(iter(state))
+    with pytest.raises(AdapterError, match=r"do not fit this model: missing \["):
+        loaded.load_adapter_state_dict({k: v for k, v in state.items() if k != key})
+    with pytest.raises(AdapterError, match=f"{key} has shape"):
+        loaded.load_adapter_state_dict({**state, key: torch.zeros(3)})
     (tmp_path / "adapter_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(AdapterError, match="not a valid safetensors"):
         load_adapter(tiny_model("gpt2"), tmp_path)
