@@ -4,6 +4,7 @@ Formats (one example per line):
 - ``.txt`` (any non-JSONL name): each non-empty line is a text example, trained on whole.
 - ``.jsonl``: ``{"text": ...}`` (trained on whole) or ``{"prompt": ..., "completion": ...}``
   (loss on the completion only, as users of instruction tuning expect).
+- ``.json``: the same records, one per line or as one JSON array.
 """
 
 from __future__ import annotations
@@ -36,24 +37,34 @@ def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Example:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    return _parse_record(f"{path}:{lineno}", record)
+
+
+def _parse_json_array(path: Path, text: str) -> list[Example]:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    return [_parse_record(f"{path}: item {i}", r) for i, r in enumerate(records)]
+
+
+def _parse_record(where: str, record: Any) -> Example:
+    """One ``{"text"}`` or ``{"prompt", "completion"}`` record; ``where`` names it in errors."""
     if not isinstance(record, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "text" in record:
         fields = {"prompt": "", "completion": record["text"]}
     elif "prompt" in record and "completion" in record:
         fields = {"prompt": record["prompt"], "completion": record["completion"]}
     else:
         raise DataError(
-            f'{path}:{lineno}: needs a "text" key or "prompt" and "completion" keys, '
-            f"found {sorted(record)}"
+            f'{where}: needs a "text" key or "prompt" and "completion" keys, found {sorted(record)}'
         )
     for key, value in fields.items():
         if not isinstance(value, str):
-            raise DataError(
-                f'{path}:{lineno}: "{key}" must be a string, got {type(value).__name__}'
-            )
+            raise DataError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
     if not fields["completion"]:
-        raise DataError(f"{path}:{lineno}: empty completion/text; nothing to learn from")
+        raise DataError(f"{where}: empty completion/text; nothing to learn from")
     return Example(**fields)
 
 
@@ -68,7 +79,13 @@ def load_examples(path: str | Path) -> list[Example]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    suffix = path.suffix.lower()
+    if suffix == ".json" and text.lstrip().startswith("["):
+        examples = _parse_json_array(path, text)
+        if not examples:
+            raise DataError(f"{path}: the dataset is empty (an empty JSON array)")
+        return examples
+    jsonl = suffix in (".jsonl", ".json")
     examples = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -84,3 +84,18 @@ def test_char_tokenizer_round_trips_text(tokenizer):
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) == len(text) and tokenizer.decode(ids) == text
     assert tokenizer.unk_token_id not in ids
+
+
+def test_json_array_file(tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([{"text": "abc"}, {"prompt": "1+1=", "completion": "2"}], indent=2))
+    assert load_examples(f) == [Example("", "abc"), Example("1+1=", "2")]
+    f.write_text(json.dumps([{"text": "ok"}, {"prompt": "no completion"}]))
+    with pytest.raises(DataError, match=r"d\.json: item 1: needs a \"text\" key"):
+        load_examples(f)
+    f.write_text('[{"text": "ok"},\n {"text": }]')
+    with pytest.raises(DataError, match=r"d\.json:2: invalid JSON"):
+        load_examples(f)
+    f.write_text("[]")
+    with pytest.raises(DataError, match="empty JSON array"):
+        load_examples(f)

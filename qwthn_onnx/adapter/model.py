@@ -7,6 +7,7 @@ The on-disk adapter follows PEFT's layout: ``adapter_config.json`` and
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import warnings
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ class ParameterReport:
             table.add_row(f"  {part}", f"{n:,}", "", "")
         for r, n in sorted(self.lora_trainable.items()):
             row(f"LoRA r={r} (peft)", n)
-        console = Console(width=100, record=True, file=_NullFile())
+        console = Console(width=100, record=True, file=io.StringIO())
         console.print(table)
         red = self.reduction_vs_lora()
         verdict = "fewer" if red >= 0 else "more"
@@ -171,14 +172,6 @@ class ParameterReport:
             f"QWTHN trains {abs(red):.1%} {verdict} parameters than LoRA at the same rank "
             f"r={self.rank}.\n"
         )
-
-
-class _NullFile:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def _lora_trainable(model: nn.Module, targets: list[str], ranks: list[int]) -> dict[int, int]:
