@@ -15,7 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MPOError", "MPOLinear", "bond_dims", "factorize", "mpo_num_parameters"]
+__all__ = ["DENSE_LIMIT", "MPOError", "MPOLinear", "bond_dims", "factorize", "mpo_num_parameters"]
+
+# Operators up to this many dense elements (16 MiB in float32) are applied by materialising the
+# matrix from the cores: batch-independent, and one GEMM instead of K small contractions per
+# call. Adapter MPOs (d -> r, r -> d) are far below it; bigger ones contract core by core.
+DENSE_LIMIT = 1 << 22
 
 
 class MPOError(ValueError):
@@ -146,6 +151,12 @@ class MPOLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise MPOError(f"MPOLinear expects [..., {self.in_features}], got {list(x.shape)}")
+        if self.in_features * self.out_features <= DENSE_LIMIT:
+            return nn.functional.linear(x, self.to_dense())
+        return self.contract(x)
+
+    def contract(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the cores one by one to ``x`` without forming the dense matrix."""
         lead = x.shape[:-1]
         # t: [B, J (out modes done), D, i_k, I_rest]; contract one core per step.
         t = x.reshape(-1, 1, 1, self.in_features)

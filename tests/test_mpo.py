@@ -38,7 +38,22 @@ def test_forward_equals_reconstructed_dense_matrix(d_in, d_out, bond, k):
     x = torch.randn(3, 4, d_in, dtype=torch.float64)
     dense = mpo.to_dense()
     assert dense.shape == (d_out, d_in)
+    # The core-by-core contraction (large operators) and the dense path (small ones) agree.
+    torch.testing.assert_close(mpo.contract(x), x @ dense.T, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(mpo(x), x @ dense.T, rtol=1e-12, atol=1e-12)
+
+
+def test_large_operators_take_the_contraction_path(monkeypatch):
+    import qwthn_onnx.mpo as mpo_module
+
+    mpo = MPOLinear(32, 16, bond_dim=4, num_cores=2, dtype=torch.float64)
+    x = torch.randn(5, 32, dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(mpo_module, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(MPOLinear, "to_dense", lambda self: pytest.fail("dense path taken"))
+    y = mpo(x)
+    monkeypatch.undo()
+    torch.testing.assert_close(y, x @ mpo.to_dense().T)
+    assert torch.autograd.gradcheck(mpo.contract, (x,))
 
 
 def test_dense_matches_explicit_core_product():
