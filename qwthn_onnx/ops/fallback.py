@@ -1,0 +1,73 @@
+"""Fallback bodies of the ``ai.qwthn`` ops in standard ONNX ops (model-local functions).
+
+Attached to a model, they make it run in any onnxruntime (or other ONNX runtime): a runtime
+without our kernel library inlines the function body; one with the library runs the kernel.
+Shapes come from the node's attributes through attribute references, so one function serves
+every node of its op in a model.
+"""
+
+from __future__ import annotations
+
+import string
+
+import onnx
+from onnx import helper
+
+from qwthn_onnx.ops.schemas import DOMAIN
+
+__all__ = ["mpo_linear_function"]
+
+
+def _mpo_equation(num_cores: int) -> str:
+    """Einsum contracting ``x[B, i_1..i_K]`` with K cores ``[D, i_k, j_k, D]`` -> ``[B, j_1..j_K]``.
+
+    The outer bonds have size 1 and are summed away with the inner ones.
+    """
+    letters = iter(string.ascii_letters.replace("B", ""))
+    ins = [next(letters) for _ in range(num_cores)]
+    outs = [next(letters) for _ in range(num_cores)]
+    bonds = [next(letters) for _ in range(num_cores + 1)]
+    cores = [f"{bonds[k]}{ins[k]}{outs[k]}{bonds[k + 1]}" for k in range(num_cores)]
+    return f"B{''.join(ins)},{','.join(cores)}->B{''.join(outs)}"
+
+
+def mpo_linear_function(num_cores: int, opset: int) -> onnx.FunctionProto:
+    """``MPOLinear`` with ``num_cores`` cores as a function of standard ops (opset ``opset``).
+
+    Leading dims of x are kept symbolically: ``y`` has shape ``Shape(x)[:-1] + [prod(out)]``.
+    """
+    if not 1 <= num_cores <= 12:
+        raise ValueError(f"MPOLinear fallback supports 1..12 cores, got {num_cores}")
+    cores = [f"core_{k}" for k in range(num_cores)]
+
+    def const_ints(output: str, attribute: str) -> onnx.NodeProto:
+        node = helper.make_node("Constant", [], [output])
+        ref = helper.make_attribute_ref(
+            "value_ints", onnx.AttributeProto.INTS, ref_attr_name=attribute
+        )
+        node.attribute.append(ref)
+        return node
+
+    nodes = [
+        const_ints("in_modes", "in_modes"),
+        const_ints("out_modes", "out_modes"),
+        helper.make_node("Constant", [], ["minus_one"], value_ints=[-1]),
+        helper.make_node("Concat", ["minus_one", "in_modes"], ["x_modes_shape"], axis=0),
+        helper.make_node("Reshape", ["x", "x_modes_shape"], ["x_modes"]),
+        helper.make_node(
+            "Einsum", ["x_modes", *cores], ["y_modes"], equation=_mpo_equation(num_cores)
+        ),
+        helper.make_node("Shape", ["x"], ["lead"], end=-1),
+        helper.make_node("ReduceProd", ["out_modes"], ["out_size"], keepdims=1),
+        helper.make_node("Concat", ["lead", "out_size"], ["y_shape"], axis=0),
+        helper.make_node("Reshape", ["y_modes", "y_shape"], ["y"]),
+    ]
+    return helper.make_function(
+        DOMAIN,
+        "MPOLinear",
+        ["x", *cores],
+        ["y"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["in_modes", "out_modes"],
+    )
