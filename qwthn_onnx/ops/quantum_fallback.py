@@ -100,6 +100,7 @@ class _Builder:
     n_qubits: int
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     counter: itertools.count = field(default_factory=itertools.count)
+    constants: dict[tuple, str] = field(default_factory=dict)
 
     def name(self, hint: str) -> str:
         return f"{hint}_{next(self.counter)}"
@@ -112,13 +113,16 @@ class _Builder:
     def const(
         self, value: np.ndarray | float | list, hint: str = "c", float_like: bool = True
     ) -> str:
-        """A constant; float constants are cast to the input dtype with CastLike on use."""
+        """A constant (emitted once per value); floats are cast to the input dtype (CastLike)."""
         array = np.asarray(value, dtype=np.float64 if float_like else np.int64)
-        out = self.name(hint)
-        self.nodes.append(
-            helper.make_node("Constant", [], [out], value=numpy_helper.from_array(array))
-        )
-        return self.op("CastLike", [out, "x2"], hint) if float_like else out
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.constants:
+            out = self.name(hint)
+            self.nodes.append(
+                helper.make_node("Constant", [], [out], value=numpy_helper.from_array(array))
+            )
+            self.constants[key] = self.op("CastLike", [out, "x2"], hint) if float_like else out
+        return self.constants[key]
 
 
 def _angle(b: _Builder, p: Param, cache: dict[Param, str]) -> str:
@@ -176,10 +180,9 @@ def _apply_permutation_run(b: _Builder, gates: list[Gate], state) -> tuple[str, 
     return tuple(b.op("Gather", [s, index], "perm", axis=1) for s in state)
 
 
-def _apply_dense(b: _Builder, gate: Gate, state, cache) -> tuple[str, str]:
-    n, trig = b.n_qubits, _trig(gate.name)
-    k = len(gate.wires)
-    dynamic = any(p.kind == "input" for p in gate.params)
+def _gate_matrix(b: _Builder, gate: Gate, cache) -> tuple[str, str]:
+    """Real and imaginary parts of the gate's matrix, ``[1 or B, out wires..., in wires...]``."""
+    trig, k = _trig(gate.name), len(gate.wires)
     tensor_shape = (1,) + (2,) * (2 * k)  # [1 or B, out wires..., in wires...]
     trig_values = []
     if gate.params:
@@ -198,7 +201,13 @@ def _apply_dense(b: _Builder, gate: Gate, state, cache) -> tuple[str, str]:
                 term = b.op("Add", [term, scaled], "m")
         return term
 
-    mr, mi = matrix_part(np.real), matrix_part(np.imag)
+    return matrix_part(np.real), matrix_part(np.imag)
+
+
+def _apply_dense(b: _Builder, gate: Gate, state, cache) -> tuple[str, str]:
+    n, k = b.n_qubits, len(gate.wires)
+    dynamic = any(p.kind == "input" for p in gate.params)
+    mr, mi = _gate_matrix(b, gate, cache)
     # State axes: [B, (blocks of 2^... separated by the gate's wires, most significant first)].
     wires_desc = sorted(gate.wires, reverse=True)
     shape, prev = [-1], n
@@ -227,6 +236,46 @@ def _apply_dense(b: _Builder, gate: Gate, state, cache) -> tuple[str, str]:
     im = b.op("Add", [es(mr, si), es(mi, sr)])
     flat = b.const([-1, 2**n], "flat", False)
     return b.op("Reshape", [re, flat], "re"), b.op("Reshape", [im, flat], "im")
+
+
+def _split_prefix(circuit: Circuit) -> tuple[list[list[Gate]], list[Gate]]:
+    """Leading one-qubit gates per qubit (before any multi-qubit gate on it), and the rest.
+
+    Moving them first is exact: a one-qubit gate commutes with gates on other wires.
+    """
+    prefix: list[list[Gate]] = [[] for _ in range(circuit.n_qubits)]
+    rest, blocked = [], set()
+    for gate in circuit.gates:
+        if len(gate.wires) == 1 and gate.wires[0] not in blocked:
+            prefix[gate.wires[0]].append(gate)
+        else:
+            blocked.update(gate.wires)
+            rest.append(gate)
+    return prefix, rest
+
+
+def _product_state(b: _Builder, prefix: list[list[Gate]], cache) -> tuple[str, str]:
+    """``kron`` of the per-qubit states ``M_last ... M_first |0>``: ``[1 or B, 2^n]``."""
+    state = None
+    for gates in prefix:
+        vr, vi = b.const([[1.0, 0.0]], "v"), b.const([[0.0, 0.0]], "v")  # [1, 2]
+        for gate in gates:
+            mr, mi = _gate_matrix(b, gate, cache)  # [1 or B, 2, 2]
+            axis = b.const([1], "axes", float_like=False)
+            ur, ui = (b.op("Unsqueeze", [v, axis]) for v in (vr, vi))  # [., 1, 2]
+            pr, pi = _complex_mul(b, mr, mi, ur, ui)
+            last = b.const([2], "axes", float_like=False)
+            vr, vi = (b.op("ReduceSum", [t, last], "v", keepdims=0) for t in (pr, pi))
+        if state is None:
+            state = (vr, vi)
+            continue
+        # new[bit_q * 2^q + rest] = v_q[bit_q] * state[rest]: qubit q is the new top bit.
+        col, row = b.const([2], "axes", float_like=False), b.const([1], "axes", float_like=False)
+        v = tuple(b.op("Unsqueeze", [t, col]) for t in (vr, vi))  # [., 2, 1]
+        old = tuple(b.op("Unsqueeze", [t, row]) for t in state)  # [., 1, S]
+        flat = b.const([0, -1], "flat", float_like=False)
+        state = tuple(b.op("Reshape", [t, flat], "psi") for t in _complex_mul(b, *v, *old))
+    return state
 
 
 def _expectations(b: _Builder, circuit: Circuit, state) -> str:
@@ -275,17 +324,13 @@ def quantum_layer_function(circuit: Circuit, opset: int) -> onnx.FunctionProto:
     x2_shape = b.const([-1, circuit.n_inputs], "x2_shape", float_like=False)
     b.nodes.append(helper.make_node("Reshape", ["x", x2_shape], ["x2"]))  # [B, n_inputs]
     b.nodes.append(helper.make_node("CastLike", ["weights", "x2"], ["weights_cast"]))
-    batch = b.op("Shape", ["x2"], "batch", start=0, end=1)
-    zero_state = np.zeros((1, 2**n))
-    zero_state[0, 0] = 1.0
-    size = b.const([2**n], "size", False)
-    target = b.op("Concat", [batch, size], "state_shape", axis=0)
-    sr = b.op("Expand", [b.const(zero_state, "psi_re"), target], "psi_re")
-    si = b.op("Expand", [b.const(np.zeros((1, 2**n)), "psi_im"), target], "psi_im")
-    state: tuple[str, str] = (sr, si)
     cache: dict[Param, str] = {}
+    prefix, rest = _split_prefix(circuit)
+    batch = b.op("Shape", ["x2"], "batch", start=0, end=1)
+    target = b.op("Concat", [batch, b.const([2**n], "size", False)], "state_shape", axis=0)
+    state = tuple(b.op("Expand", [t, target], "psi") for t in _product_state(b, prefix, cache))
     for kind, run in itertools.groupby(
-        circuit.gates,
+        rest,
         key=lambda g: (
             "diag" if GATES[g.name].diagonal else "perm" if GATES[g.name].permutation else "dense"
         ),
