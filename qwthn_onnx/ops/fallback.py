@@ -8,14 +8,21 @@ every node of its op in a model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import string
 
 import onnx
 from onnx import helper
 
-from qwthn_onnx.ops.schemas import DOMAIN
+from qwthn_onnx.circuit.encoding import encode
+from qwthn_onnx.ops.quantum_fallback import quantum_layer_function
+from qwthn_onnx.ops.schemas import DOMAIN, OPSET_VERSION, circuit_from_node
 
-__all__ = ["mpo_linear_function"]
+__all__ = ["attach_fallbacks", "mpo_linear_function"]
+
+# Function overloads (one body per distinct circuit / core count) need IR version 10.
+_MIN_IR_VERSION = 10
 
 
 def _mpo_equation(num_cores: int) -> str:
@@ -71,3 +78,55 @@ def mpo_linear_function(num_cores: int, opset: int) -> onnx.FunctionProto:
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["in_modes", "out_modes"],
     )
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return opset.version
+    raise ValueError("the model imports no default-domain opset; cannot build fallback bodies")
+
+
+def attach_fallbacks(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every ``ai.qwthn`` node of ``model``'s graph a fallback body, in place.
+
+    Each distinct circuit (and each MPO core count) gets its own function overload, named after
+    a hash of its encoding, so different circuits in one model coexist. The functions use the
+    model's own default opset. Existing fallbacks are replaced, so calling this twice is safe.
+    Every QuantumLayer node's attributes are decoded and validated on the way.
+    """
+    opset = _default_opset(model)
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        if node.op_type == "QuantumLayer":
+            circuit = circuit_from_node(node)
+            digest = hashlib.sha256(
+                json.dumps(encode(circuit).as_dict(), sort_keys=True).encode()
+            ).hexdigest()[:16]
+            node.overload = f"circuit_{digest}"
+            if (node.op_type, node.overload) not in functions:
+                functions[node.op_type, node.overload] = quantum_layer_function(circuit, opset)
+        elif node.op_type == "MPOLinear":
+            node.overload = f"cores_{len(node.input) - 1}"
+            if (node.op_type, node.overload) not in functions:
+                functions[node.op_type, node.overload] = mpo_linear_function(
+                    len(node.input) - 1, opset
+                )
+        else:
+            raise ValueError(f"node {node.name!r}: unknown op {DOMAIN}::{node.op_type}")
+    for (_, overload), function in functions.items():
+        function.overload = overload
+    kept = [
+        f
+        for f in model.functions
+        if (f.domain, f.name, f.overload)
+        not in {(DOMAIN, name, overload) for name, overload in functions}
+    ]
+    del model.functions[:]
+    model.functions.extend([*kept, *functions.values()])
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    model.ir_version = max(model.ir_version, _MIN_IR_VERSION)
+    return model
