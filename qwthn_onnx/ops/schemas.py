@@ -30,6 +30,8 @@ __all__ = [
     "circuit_from_node",
     "quantum_layer_attributes",
     "register_schemas",
+    "render_reference",
+    "schemas",
 ]
 
 DOMAIN = "ai.qwthn"
@@ -89,9 +91,43 @@ def _mpo_linear_schema() -> OpSchema:
     )
 
 
+def schemas() -> list[OpSchema]:
+    """The ``ai.qwthn`` op schemas (unregistered objects)."""
+    return [_quantum_layer_schema(), _mpo_linear_schema()]
+
+
+def render_reference() -> str:
+    """Markdown reference of the ``ai.qwthn`` ops, generated from their schemas."""
+    lines = []
+    for schema in schemas():
+        lines += [f"#### `{schema.domain}::{schema.name}` (version {schema.since_version})", ""]
+        lines += [schema.doc.strip(), ""]
+        for title, params in (("Inputs", schema.inputs), ("Outputs", schema.outputs)):
+            lines.append(f"{title}:")
+            for p in params:
+                variadic = (
+                    " (variadic)" if p.option == OpSchema.FormalParameterOption.Variadic else ""
+                )
+                lines.append(f"- `{p.name}`: {p.type_str}{variadic}, {p.description}")
+            lines.append("")
+        lines.append("Attributes:")
+        for name, attr in sorted(schema.attributes.items()):
+            kind = str(attr.type).rsplit(".", 1)[-1].lower()
+            optional = "" if attr.required else ", optional"
+            lines.append(f"- `{name}` ({kind}{optional}): {attr.description}")
+        lines.append("")
+        for constraint in schema.type_constraints:
+            allowed = ", ".join(constraint.allowed_type_strs)
+            lines.append(
+                f"Type `{constraint.type_param_str}`: {allowed} ({constraint.description})."
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def register_schemas() -> None:
     """Register the ``ai.qwthn`` schemas with onnx (idempotent, process-wide)."""
-    for schema in (_quantum_layer_schema(), _mpo_linear_schema()):
+    for schema in schemas():
         try:
             onnx.defs.get_schema(schema.name, OPSET_VERSION, DOMAIN)
         except onnx.defs.SchemaError:

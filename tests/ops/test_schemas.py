@@ -57,3 +57,14 @@ def test_malformed_node_names_the_node_and_problem():
     other = helper.make_node("Relu", ["x"], ["y"], name="r")
     with pytest.raises(CircuitError, match="not a QuantumLayer"):
         circuit_from_node(other)
+
+
+def test_readme_reference_matches_the_schemas():
+    from pathlib import Path
+
+    from qwthn_onnx.ops.schemas import render_reference
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start, end = "<!-- ops-reference:start -->\n", "<!-- ops-reference:end -->"
+    section = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert section == render_reference(), "regenerate: python -m qwthn_onnx.ops"
