@@ -238,6 +238,74 @@ def _apply_dense(b: _Builder, gate: Gate, state, cache) -> tuple[str, str]:
     return b.op("Reshape", [re, flat], "re"), b.op("Reshape", [im, flat], "im")
 
 
+KRON_BLOCK = 5  # qubits per fused single-qubit block: one 32x32 complex GEMM per block
+
+
+def _run_kind(gate: Gate) -> str:
+    spec = GATES[gate.name]
+    if spec.diagonal:
+        return "diag"
+    if spec.permutation:
+        return "perm"
+    if spec.n_qubits == 1 and all(p.kind != "input" for p in gate.params):
+        return "layer"  # batch-independent one-qubit gates: fused into Kronecker blocks
+    return "dense"
+
+
+def _apply_single_qubit_layer(b: _Builder, gates: list[Gate], state, cache) -> tuple[str, str]:
+    """Batch-independent one-qubit gates as Kronecker blocks of contiguous qubits.
+
+    Per qubit, the run's 2x2 matrices are multiplied in order; then each block of up to
+    ``KRON_BLOCK`` consecutive qubits is one ``[2^g, 2^g]`` matrix applied with one Einsum.
+    """
+    n = b.n_qubits
+    squeeze = b.const([0], "axes", float_like=False)
+    per_qubit: dict[int, tuple[str, str]] = {}
+    for gate in gates:  # in time order: M = M_new @ M_old
+        m = tuple(b.op("Squeeze", [t, squeeze]) for t in _gate_matrix(b, gate, cache))
+        q = gate.wires[0]
+        if q in per_qubit:
+            old = per_qubit[q]
+            m = (
+                b.op("Sub", [b.op("MatMul", [m[0], old[0]]), b.op("MatMul", [m[1], old[1]])]),
+                b.op("Add", [b.op("MatMul", [m[0], old[1]]), b.op("MatMul", [m[1], old[0]])]),
+            )
+        per_qubit[q] = m
+    qubits = sorted(per_qubit, reverse=True)  # most significant first
+    blocks: list[list[int]] = []
+    for q in qubits:
+        if blocks and blocks[-1][-1] == q + 1 and len(blocks[-1]) < KRON_BLOCK:
+            blocks[-1].append(q)
+        else:
+            blocks.append([q])
+    for block in blocks:
+        kr, ki = per_qubit[block[0]]
+        for q in block[1:]:  # kron(K, M)[(a b), (c d)] = K[a, c] M[b, d]
+            mr, mi = per_qubit[q]
+            size = b.const([2 ** (block.index(q) + 1)] * 2, "kshape", float_like=False)
+
+            def kron(x: str, y: str, size: str = size) -> str:
+                return b.op("Reshape", [b.op("Einsum", [x, y], equation="ac,bd->abcd"), size])
+
+            kr, ki = (
+                b.op("Sub", [kron(kr, mr), kron(ki, mi)], "kr"),
+                b.op("Add", [kron(kr, mi), kron(ki, mr)], "ki"),
+            )
+        hi, lo = block[0], block[-1]
+        shape = b.const([-1, 2 ** (n - 1 - hi), 2 ** len(block), 2**lo], "shape", False)
+        sr, si = (b.op("Reshape", [t, shape]) for t in state)
+
+        def es(m: str, s: str) -> str:
+            return b.op("Einsum", [m, s], "es", equation="ij,zajc->zaic")
+
+        flat = b.const([-1, 2**n], "flat", float_like=False)
+        state = (
+            b.op("Reshape", [b.op("Sub", [es(kr, sr), es(ki, si)]), flat], "re"),
+            b.op("Reshape", [b.op("Add", [es(kr, si), es(ki, sr)]), flat], "im"),
+        )
+    return state
+
+
 def _split_prefix(circuit: Circuit) -> tuple[list[list[Gate]], list[Gate]]:
     """Leading one-qubit gates per qubit (before any multi-qubit gate on it), and the rest.
 
@@ -329,17 +397,14 @@ def quantum_layer_function(circuit: Circuit, opset: int) -> onnx.FunctionProto:
     batch = b.op("Shape", ["x2"], "batch", start=0, end=1)
     target = b.op("Concat", [batch, b.const([2**n], "size", False)], "state_shape", axis=0)
     state = tuple(b.op("Expand", [t, target], "psi") for t in _product_state(b, prefix, cache))
-    for kind, run in itertools.groupby(
-        rest,
-        key=lambda g: (
-            "diag" if GATES[g.name].diagonal else "perm" if GATES[g.name].permutation else "dense"
-        ),
-    ):
+    for kind, run in itertools.groupby(rest, key=_run_kind):
         run = list(run)
         if kind == "diag":
             state = _apply_diagonal_run(b, run, state, cache)
         elif kind == "perm":
             state = _apply_permutation_run(b, run, state)
+        elif kind == "layer":
+            state = _apply_single_qubit_layer(b, run, state, cache)
         else:
             for gate in run:
                 state = _apply_dense(b, gate, state, cache)

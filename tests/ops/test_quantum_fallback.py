@@ -66,3 +66,12 @@ def test_presets_with_symbolic_batch_and_sequence(make):
     circuit = make(4, 2)
     for shape in [(1, 1), (3, 5)]:
         _compare(circuit, torch.float64, shape=shape)
+
+
+def test_rotation_layers_are_fused_into_kronecker_blocks():
+    """The paper circuit's RY layers take the fused path (and the presets test checks values)."""
+    function = quantum_layer_function(paper_circuit(7, 2), OPSET)
+    einsums = [n for n in function.node if n.op_type == "Einsum"]
+    krons = [n for n in einsums if "ac,bd->abcd" in str(n.attribute)]
+    # 3 RY layers after the prefix, 7 qubits -> blocks of 5 + 2 -> 4 + 1 krons, 4 Einsums each.
+    assert len(krons) == 3 * (4 + 1) * 4
