@@ -1,0 +1,56 @@
+// Batched statevector kernel: forward expectations and adjoint-method gradients.
+//
+// Layout: samples are simulated in tiles of W lanes with the batch as the innermost dimension
+// (amplitude x of lane s at [x * W + s], real and imaginary parts in separate arrays), so every
+// gate's inner loop is one lane vector whatever qubit it acts on. Weight/constant-only gate
+// matrices are computed once per call (runs of them that are diagonal are fused into one phase
+// vector); input-dependent ones once per tile. Leading single-qubit gates are folded into a
+// product state. Gradients: adjoint method (un-compute the state gate by gate).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "circuit.h"
+
+namespace qwthn {
+
+#define QWTHN_KERNEL_DECLARATIONS                                                              \
+  template <typename T>                                                                        \
+  void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,     \
+               const T* weights, int64_t n_weights_given, T* out, int threads);                \
+  template <typename T>                                                                        \
+  void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,    \
+                const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs, \
+                T* grad_weights, int threads);
+
+// One build per instruction set (kernel.cc compiled twice); use the dispatching ones below.
+namespace baseline {
+QWTHN_KERNEL_DECLARATIONS
+}
+namespace avx2 {
+QWTHN_KERNEL_DECLARATIONS
+}
+
+// inputs [batch, n_inputs], weights [n_weights] -> out [batch, n_obs] (all row-major).
+// n_in_cols / n_weights_given / batch are checked against the circuit (batch must be >= 1);
+// NaN/inf inputs or weights are rejected. threads: 0 = hardware concurrency. Results do not
+// depend on the thread count.
+template <typename T>
+void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
+             const T* weights, int64_t n_weights_given, T* out, int threads);
+
+// grad_out [batch, n_obs] -> grad_inputs [batch, n_inputs], grad_weights [n_weights] (summed
+// over the batch). Output arrays are overwritten.
+template <typename T>
+void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
+              const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs,
+              T* grad_weights, int threads);
+
+// Instruction set in use: "avx2" or "baseline". set_isa("auto" | "baseline" | "avx2") selects
+// it (process-wide); asking for avx2 where the CPU or the build lacks it throws CircuitError.
+std::string active_isa();
+void set_isa(const std::string& name);
+bool avx2_available();
+
+}  // namespace qwthn
