@@ -4,13 +4,15 @@
 
 Circuits: the paper's reference QNN (RY encoding, RY + CRZ rings), float32, per-sample inputs.
 Contenders, each run as its users would:
+- ``kernel``: the C++ kernel through the ``qwthn::quantum_layer`` custom op that training uses
+  (one thread here; it parallelises over the batch with more);
 - ``fused``: ``qwthn_onnx.circuit.expectation_values`` (fused ops, adjoint backward);
 - ``gate-by-gate``: a plain PyTorch statevector simulator, one einsum per gate, autograd backward
   (what a straightforward PyTorch quantum layer does);
 - ``qiskit``: ``qiskit.quantum_info.Statevector`` per sample on a bound circuit, forward only
   (qiskit has no gradient path but parameter shift).
-Reported: median samples/s over repeats, and the ratio fused / peer. C++ kernels and PennyLane /
-qiskit-aer comparisons belong to the kernel benchmark.
+Reported: median samples/s over repeats, and ratios. PennyLane / qiskit-aer comparisons belong
+to the kernel benchmark of the next milestone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from qiskit.quantum_info import Statevector
 
 from qwthn_onnx.circuit import GATES, Circuit, expectation_values, paper_circuit
 from qwthn_onnx.circuit.qiskit_bridge import observables_to_qiskit, to_qiskit
+from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 
 
 def gate_by_gate(circuit: Circuit, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -80,14 +83,17 @@ def contenders(circuit: Circuit, batch: int) -> dict[str, dict[str, Callable[[],
     x = torch.rand(batch, circuit.n_inputs) * 3
     w = (torch.rand(circuit.n_weights) * 0.2).requires_grad_()
     wd = w.detach()
+    args = circuit_arguments(circuit)
     return {
         "forward": {
+            "kernel": lambda: quantum_layer(x, wd, *args),
             "fused": lambda: expectation_values(circuit, x, wd),
             "gate-by-gate": lambda: gate_by_gate(circuit, x, wd),
             # per-sample Python loop: measured at small batches only
             "qiskit": (lambda: qiskit_forward(circuit, x, wd)) if batch <= 64 else None,
         },
         "forward+backward": {
+            "kernel": lambda: quantum_layer(x, w, *args).sum().backward(),
             "fused": lambda: expectation_values(circuit, x, w).sum().backward(),
             "gate-by-gate": lambda: gate_by_gate(circuit, x, w).sum().backward(),
             "qiskit": None,
@@ -95,19 +101,19 @@ def contenders(circuit: Circuit, batch: int) -> dict[str, dict[str, Callable[[],
     }
 
 
-COLUMNS = ["n", "L", "batch", "pass", "fused", "gate-by-gate", "qiskit"]
-PEERS = ["gate-by-gate", "qiskit"]
+COLUMNS = ["n", "L", "batch", "pass", "kernel", "fused", "gate-by-gate", "qiskit"]
+RATIOS = [("kernel", "fused"), ("fused", "gate-by-gate"), ("fused", "qiskit")]
 
 
 def markdown_row(row: dict) -> str:
     def rate(name: str) -> str:
         return f"{row[name]:,.0f}" if row[name] else "-"
 
-    def ratio(peer: str) -> str:
-        return f"{row['fused'] / row[peer]:.1f}x" if row[peer] else "-"
+    def ratio(ours: str, peer: str) -> str:
+        return f"{row[ours] / row[peer]:.1f}x" if row[peer] else "-"
 
     cells = [row["n"], row["layers"], row["batch"], row["pass"]]
-    cells += [rate(c) for c in COLUMNS[4:]] + [ratio(p) for p in PEERS]
+    cells += [rate(c) for c in COLUMNS[4:]] + [ratio(a, b) for a, b in RATIOS]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
@@ -128,7 +134,7 @@ def main() -> None:
         f"machine: {machine}, {args.threads} thread(s); torch {torch.__version__}, "
         f"qiskit {qiskit.__version__}; samples/s, median of {repeats}"
     )
-    header = COLUMNS + [f"fused / {p}" for p in PEERS]
+    header = COLUMNS + [f"{a} / {b}" for a, b in RATIOS]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     rows = []
     for n, layers in configs:

@@ -24,7 +24,7 @@ _ANGLE_MAPS = ("auto", "linear", "identity")
 _ANGLE_SQUASHES = ("pi_tanh", "none")
 _INIT_DELTAS = ("zero", "normal")
 _QNN_INITS = ("uniform", "normal")
-_BACKENDS = ("torch",)
+_BACKENDS = ("torch", "cpp", "auto")
 
 
 class ConfigError(ValueError):
@@ -106,8 +106,11 @@ class QWTHNConfig:
     )
     qnn_init_scale: float = field(default=0.1, metadata={"help": "Scale of qnn_init (radians)."})
     quantum_backend: str = field(
-        default="torch",
-        metadata={"help": f"Simulator running the QNN: one of {list(_BACKENDS)}."},
+        default="auto",
+        metadata={
+            "help": "Simulator running the QNN: 'torch' (PyTorch, any device), 'cpp' (the C++ "
+            "kernel, CPU), 'auto' (the kernel on CPU when built, else PyTorch)."
+        },
     )
 
     def __post_init__(self) -> None:

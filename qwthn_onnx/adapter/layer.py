@@ -16,9 +16,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from qwthn_onnx import native
 from qwthn_onnx.adapter.config import QWTHNConfig
 from qwthn_onnx.circuit import Circuit, build_ansatz, expectation_values
 from qwthn_onnx.mpo import MPOLinear
+from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 
 __all__ = ["SUPPORTED_LAYER_TYPES", "QWTHNAdapter", "QWTHNLayer", "linear_dims"]
 
@@ -37,11 +39,23 @@ def linear_dims(layer: nn.Module) -> tuple[int, int]:
 
 
 class QuantumLayer(nn.Module):
-    """A parameterised circuit as a module: angles ``[..., n_inputs]`` -> ``[..., n_obs]``."""
+    """A parameterised circuit as a module: angles ``[..., n_inputs]`` -> ``[..., n_obs]``.
 
-    def __init__(self, circuit: Circuit, init: str = "uniform", init_scale: float = 0.1) -> None:
+    ``backend``: ``"torch"`` (the PyTorch simulator, any device), ``"cpp"`` (the C++ kernel,
+    CPU) or ``"auto"`` (the kernel for CPU tensors when it is built, else PyTorch).
+    """
+
+    def __init__(
+        self,
+        circuit: Circuit,
+        init: str = "uniform",
+        init_scale: float = 0.1,
+        backend: str = "torch",
+    ) -> None:
         super().__init__()
         self.circuit = circuit
+        self.backend = backend
+        self._kernel_arguments = circuit_arguments(circuit)
         self.weights = nn.Parameter(torch.empty(circuit.n_weights))
         with torch.no_grad():
             if init == "uniform":
@@ -49,7 +63,14 @@ class QuantumLayer(nn.Module):
             else:
                 self.weights.normal_(0.0, init_scale)
 
+    def _use_kernel(self, angles: torch.Tensor) -> bool:
+        if self.backend == "auto":
+            return angles.device.type == "cpu" and native.available()
+        return self.backend == "cpp"
+
     def forward(self, angles: torch.Tensor) -> torch.Tensor:
+        if self._use_kernel(angles):
+            return quantum_layer(angles, self.weights, *self._kernel_arguments)
         return expectation_values(self.circuit, angles, self.weights)
 
     def extra_repr(self) -> str:
@@ -76,7 +97,9 @@ class QWTHNAdapter(nn.Module):
         )
         self.squash = config.angle_squash == "pi_tanh"
         circuit = build_ansatz(config.ansatz, n, config.n_layers)
-        self.qnn = QuantumLayer(circuit, config.qnn_init, config.qnn_init_scale)
+        self.qnn = QuantumLayer(
+            circuit, config.qnn_init, config.qnn_init_scale, config.quantum_backend
+        )
         self.quantum_proj = nn.Linear(circuit.n_observables, r)
         self.fusion = config.fusion
         if self.fusion == "weighted":
