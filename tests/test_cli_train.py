@@ -63,6 +63,7 @@ def test_adapter_flags_reach_the_config_and_custom_data(tmp_path):
     cfg = read_model_pt(out)["adapter"]["config"]
     assert (cfg["n_qubits"], cfg["fusion"], cfg["target_modules"]) == (2, "linear", ["q_proj"])
     assert cfg["mpo_modes"] == {"64": [8, 8, 1]}
+    assert read_model_pt(out)["training"]["dataset"]["path"] == str(data)  # not the demo's
 
 
 @pytest.mark.parametrize(

@@ -163,8 +163,6 @@ def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, 
         "final_loss": pre.final_loss,
         "eval": accuracy,
     }
-    console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
-    training["dataset"] = f"generated:and_add:n={n}:seed={args.seed}"
     return (base, tokenizer, *finetune_task(n, n_test, args.seed))
 
 
@@ -190,7 +188,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     if demo:
         base, tokenizer, demo_examples, demo_test = _demo_base(args, config, console, training)
         if examples is None:
+            console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
             examples, test = demo_examples, demo_test
+            training["dataset"] = f"generated:and_add:n={len(examples)}:seed={args.seed}"
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
