@@ -118,12 +118,8 @@ def attach_fallbacks(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ValueError(f"node {node.name!r}: unknown op {DOMAIN}::{node.op_type}")
     for (_, overload), function in functions.items():
         function.overload = overload
-    kept = [
-        f
-        for f in model.functions
-        if (f.domain, f.name, f.overload)
-        not in {(DOMAIN, name, overload) for name, overload in functions}
-    ]
+    replaced = {(DOMAIN, name, overload) for name, overload in functions}
+    kept = [f for f in model.functions if (f.domain, f.name, f.overload) not in replaced]
     del model.functions[:]
     model.functions.extend([*kept, *functions.values()])
     if not any(o.domain == DOMAIN for o in model.opset_import):

@@ -19,6 +19,7 @@ two MatMuls per group.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -54,33 +55,47 @@ def _matrix(name: str, angle: float) -> np.ndarray:
     return GATES[name].matrix(params).numpy()
 
 
+def _frozen(*arrays: np.ndarray) -> None:
+    for array in arrays:
+        array.setflags(write=False)
+
+
+@functools.cache
 def _trig(name: str) -> _Trig:
+    """Per gate type, computed once (a circuit repeats a handful of gate types many times)."""
     spec = GATES[name]
     if spec.n_params == 0:
         m = _matrix(name, 0.0)
-        return _Trig(1.0, np.zeros_like(m), np.zeros_like(m), m)
+        zeros = np.zeros_like(m)
+        _frozen(m, zeros)
+        return _Trig(1.0, zeros, zeros, m)
     probe = 0.7312
     for f in (0.5, 1.0):
         m0, m_pi, m_half = (_matrix(name, x / f) for x in (0.0, math.pi, math.pi / 2))
         a, c = (m0 - m_pi) / 2, (m0 + m_pi) / 2
         b = m_half - c
         if np.allclose(c + a * math.cos(f * probe) + b * math.sin(f * probe), _matrix(name, probe)):
+            _frozen(a, b, c)
             return _Trig(f, a, b, c)
     raise NotImplementedError(f"gate {name!r} is not of the form C + A cos(ft) + B sin(ft)")
 
 
+@functools.cache
 def _diagonal_phase(name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(a, b)`` with ``M(t)_kk = exp(i (a_k t + b_k))`` for a diagonal gate."""
     spec = GATES[name]
     d0 = np.diag(_matrix(name, 0.0))
     b = np.angle(d0)
     if spec.n_params == 0:
-        return np.zeros_like(b), b
+        a = np.zeros_like(b)
+        _frozen(a, b)
+        return a, b
     step = 0.1
     a = np.angle(np.diag(_matrix(name, step)) / d0) / step
     probe = 0.913
     if not np.allclose(np.exp(1j * (a * probe + b)), np.diag(_matrix(name, probe))):
         raise NotImplementedError(f"diagonal gate {name!r} has a phase non-linear in its angle")
+    _frozen(a, b)
     return a, b
 
 
