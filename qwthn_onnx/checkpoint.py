@@ -172,6 +172,9 @@ def read_model_pt(path: str | Path) -> dict[str, Any]:
     base = _require(payload, "base_model", dict, str(path))
     _require(base, "architecture", str, "base_model")
     _require(base, "config_json", str, "base_model")
+    dtype = _require(base, "dtype", str, "base_model")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ModelFileError(f"{path}: base_model.dtype {dtype!r} is not a torch dtype")
     if base.get("state_dict") is None and base.get("reference") is None:
         raise ModelFileError(f"{path}: base_model has neither weights nor a reference")
     adapter = _require(payload, "adapter", dict, str(path))
@@ -183,6 +186,7 @@ def read_model_pt(path: str | Path) -> dict[str, Any]:
 def _build_base(base: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    dtype = getattr(torch, base["dtype"])  # read_model_pt checked that it names a torch dtype
     try:
         config_dict = json.loads(base["config_json"])
         config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
@@ -200,9 +204,9 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
                 f"the base model files in {ref} changed since model.pt was written "
                 f"(expected {reference['files']}); restore them or re-train"
             )
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=getattr(torch, base["dtype"]))
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, base["dtype"]))
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         try:
             model.load_state_dict(base["state_dict"], strict=True)
         except RuntimeError as e:

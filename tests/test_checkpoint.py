@@ -81,6 +81,11 @@ def test_damaged_and_foreign_files_are_refused(tmp_path, saved):
     )
     with pytest.raises(ModelFileError, match="missing 'architecture'"):
         read_model_pt(tmp_path / "partial.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["base_model"]["dtype"] = "load"  # a torch attribute that is not a dtype
+    torch.save(payload, tmp_path / "bad_dtype.pt")
+    with pytest.raises(ModelFileError, match=r"base_model\.dtype 'load' is not a torch dtype"):
+        read_model_pt(tmp_path / "bad_dtype.pt")
     with pytest.raises(ModelFileError, match="no such file"):
         read_model_pt(tmp_path / "absent.pt")
 
