@@ -23,8 +23,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from qwthn_onnx import QWTHNConfig, QWTHNModel, TrainingArguments, tokenize_examples, train
-from qwthn_onnx.cli.train import DEMO_ADAPTER
 from qwthn_onnx.demo import (
+    DEMO_ADAPTER,
     build_char_tokenizer,
     build_tiny_model,
     exact_match,

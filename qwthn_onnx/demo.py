@@ -26,7 +26,9 @@ from qwthn_onnx.data import Example, tokenize_examples
 from qwthn_onnx.training import TrainingArguments, TrainingResult, train
 
 __all__ = [
+    "DEMO_ADAPTER",
     "DEMO_ARCHITECTURES",
+    "DEMO_TRAINING",
     "TASKS",
     "build_char_tokenizer",
     "build_tiny_model",
@@ -58,6 +60,10 @@ def build_char_tokenizer(alphabet: str = DEMO_ALPHABET) -> Any:
     )
 
 
+# The demo uses a smaller circuit than the paper's 10 qubits x 10 layers so the whole
+# job takes about a minute on two cores; pass --n-qubits/--n-layers to change it.
+DEMO_ADAPTER = {"n_qubits": 4, "n_layers": 2, "rank": 8, "alpha": 16.0}
+DEMO_TRAINING = {"steps": 600, "learning_rate": 1e-2}
 DEMO_ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "qwen2")
 
 

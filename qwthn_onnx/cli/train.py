@@ -33,7 +33,9 @@ from qwthn_onnx.checkpoint import ModelFileError, save_model_pt
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.data import DataError, load_examples, tokenize_examples
 from qwthn_onnx.demo import (
+    DEMO_ADAPTER,
     DEMO_ARCHITECTURES,
+    DEMO_TRAINING,
     build_char_tokenizer,
     build_tiny_model,
     exact_match,
@@ -44,11 +46,6 @@ from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.training import TrainingArguments, train
 
 USER_ERRORS = (AdapterError, ConfigError, DataError, ModelFileError, CircuitError, MPOError)
-
-# The embedded default uses a smaller circuit than the paper's 10 qubits x 10 layers so the whole
-# job takes about a minute on two cores; pass --n-qubits/--n-layers to change it.
-DEMO_ADAPTER = {"n_qubits": 4, "n_layers": 2, "rank": 8, "alpha": 16.0}
-DEMO_TRAINING = {"steps": 600, "learning_rate": 1e-2}
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
