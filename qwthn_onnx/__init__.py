@@ -2,7 +2,8 @@
 
 QWTHN (arXiv 2503.12790) replaces LoRA's two low-rank matrices with a tensor-network (MPO) path
 fused with a small parameterised quantum circuit. This package holds the PyTorch side: circuit
-IR and simulator, MPO layer, adapters for transformers models, training and ``model.pt``.
+IR and simulator, MPO layer, adapters for transformers models, training and ``model.pt``, and
+the onnxruntime side (custom-op library, session options).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -21,6 +22,7 @@ from qwthn_onnx.adapter import (
 )
 from qwthn_onnx.checkpoint import LoadedModel, ModelFileError, load_model_pt, save_model_pt
 from qwthn_onnx.data import DataError, Example, load_examples, tokenize_examples
+from qwthn_onnx.runtime import get_library_path, session_options
 from qwthn_onnx.training import TrainingArguments, TrainingResult, train
 
 __all__ = [
@@ -35,10 +37,12 @@ __all__ = [
     "TrainingArguments",
     "TrainingResult",
     "__version__",
+    "get_library_path",
     "load_adapter",
     "load_examples",
     "load_model_pt",
     "save_model_pt",
+    "session_options",
     "tokenize_examples",
     "train",
 ]

@@ -1,11 +1,13 @@
-"""Thin typed wrapper over the C++ circuit kernel (``qwthn_onnx._native``, built from custom_ops/).
+"""Thin typed wrapper over the C++ kernels (``qwthn_onnx._native``, built from custom_ops/).
 
-The kernel reads the flat :class:`~qwthn_onnx.circuit.encoding.EncodedCircuit` arrays, validates
-every count, code and index itself, and computes expectation values and their adjoint-method
-gradients on numpy arrays (float32 or float64, batch parallel over threads, GIL released).
-Errors raised by the C++ side surface as :class:`~qwthn_onnx.circuit.CircuitError` carrying the
-C++ message. :func:`available` says whether the extension could be imported (a pure-Python
-install, e.g. from an sdist built without a compiler, has no kernel).
+The circuit kernel reads the flat :class:`~qwthn_onnx.circuit.encoding.EncodedCircuit` arrays,
+validates every count, code and index itself, and computes expectation values and their
+adjoint-method gradients; the MPO kernel contracts ``x`` with MPO cores, forward and backward.
+Both work on numpy arrays (float32 or float64, batch parallel over threads, GIL released).
+Errors raised by the C++ side surface as :class:`~qwthn_onnx.circuit.CircuitError` or
+:class:`~qwthn_onnx.mpo.MPOError` carrying the C++ message. :func:`available` says whether the
+extension could be imported (a pure-Python install, e.g. from an sdist built without a
+compiler, has no kernel).
 """
 
 from __future__ import annotations
@@ -17,8 +19,17 @@ import numpy as np
 
 from .circuit.encoding import EncodedCircuit
 from .circuit.ir import CircuitError, max_qubits_limit
+from .mpo import MPOError
 
-__all__ = ["available", "isa", "quantum_backward", "quantum_forward", "set_isa"]
+__all__ = [
+    "available",
+    "isa",
+    "mpo_backward",
+    "mpo_forward",
+    "quantum_backward",
+    "quantum_forward",
+    "set_isa",
+]
 
 _module: ModuleType | None = None
 _import_error: ImportError | None = None
@@ -55,10 +66,11 @@ def set_isa(name: str) -> None:
 def _call(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
-    except ValueError as e:  # NativeCircuitError derives from ValueError
-        if isinstance(e, CircuitError):
+    except ValueError as e:  # the native errors derive from ValueError
+        if isinstance(e, CircuitError | MPOError):
             raise
-        raise CircuitError(str(e)) from None
+        error = MPOError if type(e).__name__ == "NativeMPOError" else CircuitError
+        raise error(str(e)) from None
 
 
 def _circuit(encoded: EncodedCircuit, max_qubits: int | None) -> Any:
@@ -161,3 +173,49 @@ def quantum_backward(
         circuit.backward, flat, weights, grad_out.reshape(flat.shape[0], n_obs), int(threads)
     )
     return grad_in.reshape(inputs.shape), grad_w
+
+
+def _mpo_arrays(
+    x: np.ndarray, cores: list[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray], tuple[int, ...]]:
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim == 0:
+        raise MPOError("x must be a float32 or float64 numpy array of rank >= 1.")
+    arrays = []
+    for k, core in enumerate(cores):
+        if not isinstance(core, np.ndarray) or core.dtype != x.dtype:
+            raise MPOError(f"core {k} must be a numpy array of x's dtype ({x.dtype}).")
+        arrays.append(np.ascontiguousarray(core))
+    lead = x.shape[:-1]
+    flat = np.ascontiguousarray(x).reshape(int(np.prod(lead, dtype=np.int64)), x.shape[-1])
+    return flat, arrays, lead
+
+
+def mpo_forward(
+    in_modes: list[int], out_modes: list[int], x: np.ndarray, cores: list[np.ndarray],
+    threads: int = 0,
+) -> np.ndarray:  # fmt: skip
+    """``y = x @ W.T`` for the MPO ``W`` given by ``cores``: ``x [..., prod(in_modes)]``.
+
+    Cores have shapes ``[D_{k-1}, in_modes[k], out_modes[k], D_k]`` and x's dtype.
+    """
+    flat, arrays, lead = _mpo_arrays(x, cores)
+    y = _call(_native().mpo_forward, list(in_modes), list(out_modes), flat, arrays, int(threads))
+    return y.reshape(*lead, y.shape[-1])
+
+
+def mpo_backward(
+    in_modes: list[int], out_modes: list[int], x: np.ndarray, cores: list[np.ndarray],
+    grad_y: np.ndarray, threads: int = 0,
+) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """Gradients of ``sum(grad_y * mpo_forward(...))``: ``(grad_x, [grad_core_k])``."""
+    flat, arrays, lead = _mpo_arrays(x, cores)
+    if not isinstance(grad_y, np.ndarray) or grad_y.dtype != x.dtype:
+        raise MPOError(f"grad_y must be a numpy array of x's dtype ({x.dtype}).")
+    if grad_y.shape[:-1] != lead:
+        raise MPOError(f"grad_y must have x's leading dims {lead}, got {grad_y.shape}.")
+    grad_flat = np.ascontiguousarray(grad_y).reshape(flat.shape[0], -1)
+    grad_x, grad_cores = _call(
+        _native().mpo_backward, list(in_modes), list(out_modes), flat, arrays, grad_flat,
+        int(threads),
+    )  # fmt: skip
+    return grad_x.reshape(x.shape), list(grad_cores)

@@ -7,29 +7,9 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
-#include <thread>
 #include <vector>
 
-// This file is compiled once per instruction set (CMake): QWTHN_KERNEL_NS names the namespace
-// of the build (baseline, avx2) and QWTHN_VECTOR_BYTES its lane-vector width. The AVX2 build
-// switches the target with a pragma placed after the standard headers, so only this file's own
-// functions are compiled for AVX2; inline library code shared with the baseline build stays
-// baseline (no AVX2 instructions can leak into code that runs on older CPUs). kernel_dispatch.cc
-// picks the build at run time.
-#ifndef QWTHN_KERNEL_NS
-#define QWTHN_KERNEL_NS baseline
-#endif
-#ifndef QWTHN_VECTOR_BYTES
-#define QWTHN_VECTOR_BYTES 16
-#endif
-#if defined(QWTHN_TARGET_AVX2)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
-#endif
+#include "isa_begin.h"
 
 namespace qwthn {
 namespace QWTHN_KERNEL_NS {
@@ -177,24 +157,7 @@ inline int parity(uint64_t v) { return __builtin_parityll(v); }
 // kernel is explicitly vectorised whatever the target ISA (two SSE registers per V by default,
 // one AVX register in the AVX2 build).
 
-template <typename T, int W>
-struct Lanes {
-  // element alignment (unaligned loads are fine) and may_alias (it views arrays of T)
-  typedef T V __attribute__((vector_size(sizeof(T) * W), aligned(sizeof(T)), may_alias));
-};
-
-template <typename T, int W>
-using Vec = typename Lanes<T, W>::V;
-
-template <typename T, int W>
-inline Vec<T, W> ld(const T* p) {
-  return *reinterpret_cast<const Vec<T, W>*>(p);
-}
-
-template <typename T, int W>
-inline void st(T* p, Vec<T, W> v) {
-  *reinterpret_cast<Vec<T, W>*>(p) = v;
-}
+#include "simd.h"  // inside this build's namespace: Vec, ld, st, lanes
 
 // 2x2 complex coefficients as lane vectors: m00 m01 m10 m11 as (re, im).
 template <typename T, int W>
@@ -675,7 +638,7 @@ struct Plan {
   }
 };
 
-// Per-thread work buffers for one tile.
+// Per-worker scratch buffers for one tile.
 template <typename T, int W>
 struct Tile {
   std::vector<T> re, im, lre, lim, w, dyn, v;
@@ -768,31 +731,6 @@ void run_tile(const Plan<T, W>& plan, const T* inputs, int64_t batch, int64_t b0
   }
 }
 
-int resolve_threads(int threads, int64_t work) {
-  int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
-  if (n < 1) n = 1;
-  return static_cast<int>(std::min<int64_t>(n, work));
-}
-
-// Runs body(thread, chunk) for chunk in [0, n_chunks) on n_threads threads; chunks are handed
-// out in order from a shared counter.
-template <typename F>
-void parallel_chunks(int n_threads, int64_t n_chunks, F&& body) {
-  if (n_threads <= 1) {
-    for (int64_t i = 0; i < n_chunks; ++i) body(0, i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto worker = [&](int tid) {
-    for (int64_t i; (i = next.fetch_add(1)) < n_chunks;) body(tid, i);
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(n_threads - 1);
-  for (int t = 1; t < n_threads; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto& th : pool) th.join();
-}
-
 template <typename T>
 void check_args(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
                 const T* weights, int64_t n_weights_given) {
@@ -823,11 +761,6 @@ void check_args(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t
   }
 }
 
-template <typename T>
-constexpr int lanes() {
-  return QWTHN_VECTOR_BYTES / static_cast<int>(sizeof(T));
-}
-
 constexpr int64_t kTilesPerChunk = 4;  // unit of work per thread; fixed so results do not
                                        // depend on the thread count
 
@@ -835,20 +768,20 @@ constexpr int64_t kTilesPerChunk = 4;  // unit of work per thread; fixed so resu
 
 template <typename T>
 void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
-             const T* weights, int64_t n_weights_given, T* out, int threads) {
+             const T* weights, int64_t n_weights_given, T* out, const Parallel& par) {
   constexpr int W = lanes<T>();
   check_args(c, inputs, batch, n_in_cols, weights, n_weights_given);
   const Plan<T, W> plan(c, weights);
   const int64_t tiles = (batch + W - 1) / W;
   const int64_t chunks = (tiles + kTilesPerChunk - 1) / kTilesPerChunk;
-  const int n_threads = resolve_threads(threads, chunks);
   const size_t n_obs = c.observables.size();
-  std::vector<std::unique_ptr<Tile<T, W>>> buffers(n_threads);
-  parallel_chunks(n_threads, chunks, [&](int tid, int64_t chunk) {
-    if (!buffers[tid]) {  // allocated by the thread that uses it (first touch)
-      buffers[tid] = std::make_unique<Tile<T, W>>(c.n_qubits, plan.dynamic_reals, false);
+  std::vector<std::unique_ptr<Tile<T, W>>> buffers(
+      static_cast<size_t>(std::min<int64_t>(std::max(par.max_workers, 1), chunks)));
+  parallel_chunks(par, chunks, [&](int worker, int64_t chunk) {
+    if (!buffers[worker]) {  // allocated by the worker that uses it (first touch)
+      buffers[worker] = std::make_unique<Tile<T, W>>(c.n_qubits, plan.dynamic_reals, false);
     }
-    Tile<T, W>& tile = *buffers[tid];
+    Tile<T, W>& tile = *buffers[worker];
     T vr[W], vi[W];
     const int64_t end = std::min(tiles, (chunk + 1) * kTilesPerChunk);
     for (int64_t t = chunk * kTilesPerChunk; t < end; ++t) {
@@ -867,13 +800,12 @@ void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_
 template <typename T>
 void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
               const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs,
-              T* grad_weights, int threads) {
+              T* grad_weights, const Parallel& par) {
   constexpr int W = lanes<T>();
   check_args(c, inputs, batch, n_in_cols, weights, n_weights_given);
   const Plan<T, W> plan(c, weights);
   const int64_t tiles = (batch + W - 1) / W;
   const int64_t chunks = (tiles + kTilesPerChunk - 1) / kTilesPerChunk;
-  const int n_threads = resolve_threads(threads, chunks);
   const size_t n_obs = c.observables.size();
   const int nq = c.n_qubits;
   const int64_t P = c.n_weights;
@@ -881,12 +813,13 @@ void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n
   // One weight-gradient accumulator per chunk, summed in chunk order at the end: the result
   // does not depend on the number of threads or on scheduling.
   std::vector<double> chunk_acc(static_cast<size_t>(chunks * P), 0.0);
-  std::vector<std::unique_ptr<Tile<T, W>>> buffers(n_threads);
-  parallel_chunks(n_threads, chunks, [&](int tid, int64_t chunk) {
-    if (!buffers[tid]) {
-      buffers[tid] = std::make_unique<Tile<T, W>>(nq, plan.dynamic_reals, true);
+  std::vector<std::unique_ptr<Tile<T, W>>> buffers(
+      static_cast<size_t>(std::min<int64_t>(std::max(par.max_workers, 1), chunks)));
+  parallel_chunks(par, chunks, [&](int worker, int64_t chunk) {
+    if (!buffers[worker]) {
+      buffers[worker] = std::make_unique<Tile<T, W>>(nq, plan.dynamic_reals, true);
     }
-    Tile<T, W>& tile = *buffers[tid];
+    Tile<T, W>& tile = *buffers[worker];
     double* gw = chunk_acc.data() + chunk * P;
     T g[W], gr[W], gi[W];
     std::vector<T> sums(8 * W);
@@ -969,21 +902,17 @@ void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n
 }
 
 template void forward<float>(const DecodedCircuit&, const float*, int64_t, int64_t, const float*,
-                             int64_t, float*, int);
+                             int64_t, float*, const Parallel&);
 template void forward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                              const double*, int64_t, double*, int);
+                              const double*, int64_t, double*, const Parallel&);
 template void backward<float>(const DecodedCircuit&, const float*, int64_t, int64_t,
-                              const float*, int64_t, const float*, float*, float*, int);
+                              const float*, int64_t, const float*, float*, float*,
+                              const Parallel&);
 template void backward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                               const double*, int64_t, const double*, double*, double*, int);
+                               const double*, int64_t, const double*, double*, double*,
+                               const Parallel&);
 
 }  // namespace QWTHN_KERNEL_NS
 }  // namespace qwthn
 
-#if defined(QWTHN_TARGET_AVX2)
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
-#endif
+#include "isa_end.h"

@@ -12,17 +12,18 @@
 #include <string>
 
 #include "circuit.h"
+#include "parallel.h"
 
 namespace qwthn {
 
 #define QWTHN_KERNEL_DECLARATIONS                                                              \
   template <typename T>                                                                        \
   void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,     \
-               const T* weights, int64_t n_weights_given, T* out, int threads);                \
+               const T* weights, int64_t n_weights_given, T* out, const Parallel& par);        \
   template <typename T>                                                                        \
   void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,    \
                 const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs, \
-                T* grad_weights, int threads);
+                T* grad_weights, const Parallel& par);
 
 // One build per instruction set (kernel.cc compiled twice); use the dispatching ones below.
 namespace baseline {
@@ -34,23 +35,24 @@ QWTHN_KERNEL_DECLARATIONS
 
 // inputs [batch, n_inputs], weights [n_weights] -> out [batch, n_obs] (all row-major).
 // n_in_cols / n_weights_given / batch are checked against the circuit (batch must be >= 1);
-// NaN/inf inputs or weights are rejected. threads: 0 = hardware concurrency. Results do not
-// depend on the thread count.
+// NaN/inf inputs or weights are rejected. `par` says who runs the workers (parallel.h); results
+// do not depend on the number of workers.
 template <typename T>
 void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
-             const T* weights, int64_t n_weights_given, T* out, int threads);
+             const T* weights, int64_t n_weights_given, T* out, const Parallel& par);
 
 // grad_out [batch, n_obs] -> grad_inputs [batch, n_inputs], grad_weights [n_weights] (summed
 // over the batch). Output arrays are overwritten.
 template <typename T>
 void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
               const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs,
-              T* grad_weights, int threads);
+              T* grad_weights, const Parallel& par);
 
 // Instruction set in use: "avx2" or "baseline". set_isa("auto" | "baseline" | "avx2") selects
 // it (process-wide); asking for avx2 where the CPU or the build lacks it throws CircuitError.
 std::string active_isa();
 void set_isa(const std::string& name);
 bool avx2_available();
+bool avx2_active();  // the avx2 builds are the ones in use
 
 }  // namespace qwthn

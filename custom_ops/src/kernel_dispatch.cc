@@ -26,7 +26,9 @@ bool avx2_available() {
 #endif
 }
 
-std::string active_isa() { return selected().load() == 1 ? "avx2" : "baseline"; }
+bool avx2_active() { return selected().load() == 1; }
+
+std::string active_isa() { return avx2_active() ? "avx2" : "baseline"; }
 
 void set_isa(const std::string& name) {
   if (name == "auto") {
@@ -46,36 +48,38 @@ void set_isa(const std::string& name) {
 
 template <typename T>
 void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
-             const T* weights, int64_t n_weights_given, T* out, int threads) {
+             const T* weights, int64_t n_weights_given, T* out, const Parallel& par) {
 #if defined(QWTHN_HAVE_AVX2)
   if (selected().load() == 1) {
-    return avx2::forward<T>(c, inputs, batch, n_in_cols, weights, n_weights_given, out, threads);
+    return avx2::forward<T>(c, inputs, batch, n_in_cols, weights, n_weights_given, out, par);
   }
 #endif
-  baseline::forward<T>(c, inputs, batch, n_in_cols, weights, n_weights_given, out, threads);
+  baseline::forward<T>(c, inputs, batch, n_in_cols, weights, n_weights_given, out, par);
 }
 
 template <typename T>
 void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
               const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs,
-              T* grad_weights, int threads) {
+              T* grad_weights, const Parallel& par) {
 #if defined(QWTHN_HAVE_AVX2)
   if (selected().load() == 1) {
     return avx2::backward<T>(c, inputs, batch, n_in_cols, weights, n_weights_given, grad_out,
-                             grad_inputs, grad_weights, threads);
+                             grad_inputs, grad_weights, par);
   }
 #endif
   baseline::backward<T>(c, inputs, batch, n_in_cols, weights, n_weights_given, grad_out,
-                        grad_inputs, grad_weights, threads);
+                        grad_inputs, grad_weights, par);
 }
 
 template void forward<float>(const DecodedCircuit&, const float*, int64_t, int64_t, const float*,
-                             int64_t, float*, int);
+                             int64_t, float*, const Parallel&);
 template void forward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                              const double*, int64_t, double*, int);
+                              const double*, int64_t, double*, const Parallel&);
 template void backward<float>(const DecodedCircuit&, const float*, int64_t, int64_t,
-                              const float*, int64_t, const float*, float*, float*, int);
+                              const float*, int64_t, const float*, float*, float*,
+                              const Parallel&);
 template void backward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                               const double*, int64_t, const double*, double*, double*, int);
+                               const double*, int64_t, const double*, double*, double*,
+                               const Parallel&);
 
 }  // namespace qwthn

@@ -1,11 +1,14 @@
 // qwthn_onnx._native: numpy door to the C++ circuit kernel (see qwthn_onnx/native.py).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
+#include <vector>
 
 #include "circuit.h"
 #include "kernel.h"
+#include "mpo.h"
 
 namespace py = pybind11;
 
@@ -21,19 +24,18 @@ std::string shape_str(const py::array& a) {
 }
 
 // Checks dtype, rank and C-contiguity; never converts silently.
-template <typename T>
+template <typename T, typename Error = CircuitError>
 void require(const py::array& a, const char* name, py::ssize_t ndim, const char* layout) {
   if (!a.dtype().is(py::dtype::of<T>())) {
-    throw CircuitError(std::string(name) + " must have dtype " +
+    throw Error(std::string(name) + " must have dtype " +
                        std::string(py::str(py::dtype::of<T>())) + ", got " +
                        std::string(py::str(a.dtype())));
   }
   if (a.ndim() != ndim) {
-    throw CircuitError(std::string(name) + " must have shape " + layout + ", got " +
-                       shape_str(a));
+    throw Error(std::string(name) + " must have shape " + layout + ", got " + shape_str(a));
   }
   if (!(a.flags() & py::array::c_style)) {
-    throw CircuitError(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
+    throw Error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
   }
 }
 
@@ -74,7 +76,8 @@ py::array forward_t(const Encoded& e, const py::array& inputs, const py::array& 
   T* y = out.mutable_data();
   {
     py::gil_scoped_release release;
-    qwthn::forward<T>(e.circuit, x, batch, inputs.shape(1), w, weights.shape(0), y, threads);
+    qwthn::forward<T>(e.circuit, x, batch, inputs.shape(1), w, weights.shape(0), y,
+                      qwthn::Parallel::threads(threads));
   }
   return std::move(out);
 }
@@ -102,18 +105,97 @@ py::tuple backward_t(const Encoded& e, const py::array& inputs, const py::array&
   {
     py::gil_scoped_release release;
     qwthn::backward<T>(e.circuit, x, batch, inputs.shape(1), w, weights.shape(0), g, gi, gwp,
-                       threads);
+                       qwthn::Parallel::threads(threads));
   }
   return py::make_tuple(gin, gw);
 }
 
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 
+// Checks the cores' dtype and layout and returns the validated MPO shape.
+template <typename T>
+qwthn::MPOShape mpo_shape_of(const std::vector<int64_t>& in_modes,
+                             const std::vector<int64_t>& out_modes,
+                             const std::vector<py::array>& cores, const py::array& x) {
+  require<T, qwthn::MPOError>(x, "x", 2, "[batch, in_features]");
+  std::vector<std::vector<int64_t>> shapes;
+  for (size_t k = 0; k < cores.size(); ++k) {
+    const std::string name = "core " + std::to_string(k);
+    require<T, qwthn::MPOError>(cores[k], name.c_str(), 4,
+                                 "[bond_in, in_mode, out_mode, bond_out]");
+    shapes.emplace_back(cores[k].shape(), cores[k].shape() + 4);
+  }
+  qwthn::MPOShape s = qwthn::mpo_shape(in_modes, out_modes, shapes);
+  if (x.shape(1) != s.in_features) {
+    throw qwthn::MPOError("MPOLinear: x must have shape [batch, prod(in_modes)=" +
+                          std::to_string(s.in_features) + "], got " + shape_str(x));
+  }
+  return s;
+}
+
+template <typename T>
+std::vector<const T*> core_pointers(const std::vector<py::array>& cores) {
+  std::vector<const T*> p;
+  for (const py::array& c : cores) p.push_back(static_cast<const T*>(c.data()));
+  return p;
+}
+
+template <typename T>
+py::array mpo_forward_t(const std::vector<int64_t>& in_modes,
+                        const std::vector<int64_t>& out_modes, const py::array& x,
+                        const std::vector<py::array>& cores, int threads) {
+  const qwthn::MPOShape s = mpo_shape_of<T>(in_modes, out_modes, cores, x);
+  const int64_t batch = x.shape(0);
+  py::array_t<T> y({static_cast<py::ssize_t>(batch), static_cast<py::ssize_t>(s.out_features)});
+  const std::vector<const T*> c = core_pointers<T>(cores);
+  const T* xp = static_cast<const T*>(x.data());
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    qwthn::mpo_forward<T>(s, xp, batch, c.data(), yp, qwthn::Parallel::threads(threads));
+  }
+  return std::move(y);
+}
+
+template <typename T>
+py::tuple mpo_backward_t(const std::vector<int64_t>& in_modes,
+                         const std::vector<int64_t>& out_modes, const py::array& x,
+                         const std::vector<py::array>& cores, const py::array& grad_y,
+                         int threads) {
+  const qwthn::MPOShape s = mpo_shape_of<T>(in_modes, out_modes, cores, x);
+  const int64_t batch = x.shape(0);
+  require<T, qwthn::MPOError>(grad_y, "grad_y", 2, "[batch, out_features]");
+  if (grad_y.shape(0) != batch || grad_y.shape(1) != s.out_features) {
+    throw qwthn::MPOError("MPOLinear: grad_y must have shape [batch=" + std::to_string(batch) +
+                          ", prod(out_modes)=" + std::to_string(s.out_features) + "], got " +
+                          shape_str(grad_y));
+  }
+  py::array_t<T> grad_x({static_cast<py::ssize_t>(batch), static_cast<py::ssize_t>(s.in_features)});
+  py::list grad_cores;
+  std::vector<T*> gc;
+  for (const py::array& core : cores) {
+    py::array_t<T> g(std::vector<py::ssize_t>(core.shape(), core.shape() + 4));
+    gc.push_back(g.mutable_data());
+    grad_cores.append(g);
+  }
+  const std::vector<const T*> c = core_pointers<T>(cores);
+  const T* xp = static_cast<const T*>(x.data());
+  const T* gy = static_cast<const T*>(grad_y.data());
+  T* gx = grad_x.mutable_data();
+  {
+    py::gil_scoped_release release;
+    qwthn::mpo_backward<T>(s, xp, batch, c.data(), gy, gx, gc.data(),
+                           qwthn::Parallel::threads(threads));
+  }
+  return py::make_tuple(grad_x, grad_cores);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "C++ statevector kernel for qwthn_onnx circuits (forward + adjoint gradients).";
+  m.doc() = "C++ kernels for qwthn_onnx: circuit statevector (forward + adjoint gradients), MPO.";
   py::register_exception<CircuitError>(m, "NativeCircuitError", PyExc_ValueError);
+  py::register_exception<qwthn::MPOError>(m, "NativeMPOError", PyExc_ValueError);
   m.def("active_isa", &qwthn::active_isa, "Instruction set in use: 'avx2' or 'baseline'.");
   m.def("set_isa", &qwthn::set_isa, py::arg("name"),
         "Select 'auto', 'baseline' or 'avx2' for all later calls (process-wide).");
@@ -156,4 +238,27 @@ PYBIND11_MODULE(_native, m) {
           },
           py::arg("inputs"), py::arg("weights"), py::arg("grad_out"), py::arg("threads") = 0,
           "Adjoint-method gradients: -> (grad_inputs [B, n_inputs], grad_weights [n_weights]).");
+
+  m.def(
+      "mpo_forward",
+      [](const std::vector<int64_t>& in_modes, const std::vector<int64_t>& out_modes,
+         const py::array& x, const std::vector<py::array>& cores, int threads) {
+        return is_float32(x) ? mpo_forward_t<float>(in_modes, out_modes, x, cores, threads)
+                             : mpo_forward_t<double>(in_modes, out_modes, x, cores, threads);
+      },
+      py::arg("in_modes"), py::arg("out_modes"), py::arg("x"), py::arg("cores"),
+      py::arg("threads") = 0,
+      "x [B, prod(in_modes)], cores (float32 or float64, like x) -> y [B, prod(out_modes)].");
+  m.def(
+      "mpo_backward",
+      [](const std::vector<int64_t>& in_modes, const std::vector<int64_t>& out_modes,
+         const py::array& x, const std::vector<py::array>& cores, const py::array& grad_y,
+         int threads) {
+        return is_float32(x)
+                   ? mpo_backward_t<float>(in_modes, out_modes, x, cores, grad_y, threads)
+                   : mpo_backward_t<double>(in_modes, out_modes, x, cores, grad_y, threads);
+      },
+      py::arg("in_modes"), py::arg("out_modes"), py::arg("x"), py::arg("cores"),
+      py::arg("grad_y"), py::arg("threads") = 0,
+      "-> (grad_x [B, prod(in_modes)], [grad_core_k]) with the core gradients summed over B.");
 }

@@ -1,13 +1,16 @@
-"""The C++ circuit kernel as PyTorch custom ops: ``qwthn::quantum_layer`` and its backward.
+"""The C++ kernels as PyTorch custom ops: ``qwthn::quantum_layer``, ``qwthn::mpo_linear``.
 
 The circuit travels as the op's arguments, in the flat encoding of
 :mod:`qwthn_onnx.circuit.encoding` (ints and float64 constants), so an exporter sees the whole
-circuit on the node and can emit the ONNX ``QuantumLayer`` with the same attributes. A fake
-(meta) implementation gives shapes without computing; autograd runs the C++ adjoint backward.
-The kernel runs on CPU tensors (float32 or float64) with ``torch.get_num_threads()`` threads.
+circuit on the node and can emit the ONNX ``QuantumLayer`` with the same attributes; likewise
+the MPO's modes for ``MPOLinear``. Fake (meta) implementations give shapes without computing;
+autograd runs the C++ backward ops (adjoint method for the circuit). The kernels run on CPU
+tensors (float32 or float64) with ``torch.get_num_threads()`` threads.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -15,8 +18,9 @@ import torch
 from qwthn_onnx import native
 from qwthn_onnx.circuit import Circuit, CircuitError
 from qwthn_onnx.circuit.encoding import EncodedCircuit, encode
+from qwthn_onnx.mpo import MPOError
 
-__all__ = ["circuit_arguments", "quantum_layer"]
+__all__ = ["circuit_arguments", "mpo_linear", "quantum_layer"]
 
 
 def circuit_arguments(circuit: Circuit) -> tuple:
@@ -62,6 +66,10 @@ def _check(x: torch.Tensor, weights: torch.Tensor) -> None:
         )
 
 
+def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    return t.detach().to(dtype).contiguous().numpy()
+
+
 @torch.library.custom_op("qwthn::quantum_layer", mutates_args=())
 def quantum_layer(
     x: torch.Tensor,
@@ -77,8 +85,8 @@ def quantum_layer(
     """Expectation values ``x[..., n_inputs], weights[n_weights] -> [..., n_observables]``."""
     _check(x, weights)
     encoded = _encoded(n_qubits, n_inputs, n_weights, gates, params, constants, observables)
-    w = weights.detach().to(x.dtype).contiguous().numpy()
-    y = native.quantum_forward(encoded, x.detach().contiguous().numpy(), w, _threads())
+    w = _numpy(weights, x.dtype)
+    y = native.quantum_forward(encoded, _numpy(x, x.dtype), w, _threads())
     return torch.from_numpy(y)
 
 
@@ -105,9 +113,9 @@ def quantum_layer_backward(
     encoded = _encoded(n_qubits, n_inputs, n_weights, gates, params, constants, observables)
     grad_x, grad_w = native.quantum_backward(
         encoded,
-        x.detach().contiguous().numpy(),
-        weights.detach().to(x.dtype).contiguous().numpy(),
-        grad_out.detach().to(x.dtype).contiguous().numpy(),
+        _numpy(x, x.dtype),
+        _numpy(weights, x.dtype),
+        _numpy(grad_out, x.dtype),
         _threads(),
     )
     return torch.from_numpy(grad_x), torch.from_numpy(grad_w).to(weights.dtype)
@@ -131,3 +139,73 @@ def _backward(ctx, grad_out):
 
 
 quantum_layer.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_mpo(x: torch.Tensor, cores: list[torch.Tensor]) -> None:
+    if any(t.device.type != "cpu" for t in (x, *cores)):
+        raise MPOError(
+            f"the C++ MPO kernel runs on CPU tensors, got {x.device}; use mpo_backend='torch'"
+        )
+    if not native.available():
+        raise MPOError(
+            "the C++ kernel (qwthn_onnx._native) is not built; reinstall with a compiler"
+        )
+
+
+@torch.library.custom_op("qwthn::mpo_linear", mutates_args=())
+def mpo_linear(
+    x: torch.Tensor, cores: list[torch.Tensor], in_modes: list[int], out_modes: list[int]
+) -> torch.Tensor:
+    """``x[..., prod(in_modes)] -> [..., prod(out_modes)]`` through the MPO ``cores``."""
+    _check_mpo(x, cores)
+    arrays = [_numpy(c, x.dtype) for c in cores]
+    y = native.mpo_forward(in_modes, out_modes, _numpy(x, x.dtype), arrays, _threads())
+    return torch.from_numpy(y)
+
+
+@mpo_linear.register_fake
+def _(x, cores, in_modes, out_modes):
+    return x.new_empty((*x.shape[:-1], math.prod(out_modes)))
+
+
+@torch.library.custom_op("qwthn::mpo_linear_backward", mutates_args=())
+def mpo_linear_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    cores: list[torch.Tensor],
+    in_modes: list[int],
+    out_modes: list[int],
+) -> list[torch.Tensor]:
+    """``[grad_x, grad_core_0, ...]``, the core gradients summed over the batch."""
+    _check_mpo(x, cores)
+    grad_x, grad_cores = native.mpo_backward(
+        in_modes,
+        out_modes,
+        _numpy(x, x.dtype),
+        [_numpy(c, x.dtype) for c in cores],
+        _numpy(grad_y, x.dtype),
+        _threads(),
+    )
+    return [torch.from_numpy(grad_x)] + [
+        torch.from_numpy(g).to(c.dtype) for g, c in zip(grad_cores, cores, strict=True)
+    ]
+
+
+@mpo_linear_backward.register_fake
+def _(grad_y, x, cores, in_modes, out_modes):
+    return [torch.empty_like(x)] + [torch.empty_like(c) for c in cores]
+
+
+def _mpo_setup_context(ctx, inputs, output) -> None:
+    x, cores, in_modes, out_modes = inputs
+    ctx.save_for_backward(x, *cores)
+    ctx.modes = (in_modes, out_modes)
+
+
+def _mpo_backward(ctx, grad_y):
+    x, *cores = ctx.saved_tensors
+    grad_x, *grad_cores = mpo_linear_backward(grad_y, x, cores, *ctx.modes)
+    return grad_x, grad_cores, None, None
+
+
+mpo_linear.register_autograd(_mpo_backward, setup_context=_mpo_setup_context)

@@ -1,0 +1,636 @@
+// libqwthn_ops: the ai.qwthn ops (QuantumLayer, MPOLinear) as an onnxruntime custom-op library.
+//
+// Written against the onnxruntime C API only: no C++ wrapper (its exceptions and the
+// process-wide Ort::Global must not cross into the runtime) and no link to libonnxruntime (the
+// API table comes from RegisterCustomOps). Every kernel entry point catches everything and turns
+// it into an OrtStatus; kernels validate attributes when created and shapes, types and values
+// when run. Kernels hold only immutable state, so concurrent Run calls are safe.
+#include <onnxruntime_c_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "circuit.h"
+#include "kernel.h"
+#include "mpo.h"
+
+#if defined(_WIN32)
+#define QWTHN_ORT_EXPORT __declspec(dllexport)
+#else
+#define QWTHN_ORT_EXPORT __attribute__((visibility("default")))
+#endif
+
+namespace {
+
+// ComputeV2/CreateKernelV2 arrived in API 16; shape inference, ParallelFor and ReadOpAttr in 17.
+constexpr uint32_t kOrtApiVersion = 17;
+constexpr const char* kDomain = "ai.qwthn";
+
+// Set by RegisterCustomOps; shape inference callbacks get no API pointer of their own.
+std::atomic<const OrtApi*> g_api{nullptr};
+
+// An error to report as an OrtStatus with this code.
+class OrtError : public std::runtime_error {
+ public:
+  OrtError(OrtErrorCode code, const std::string& message)
+      : std::runtime_error(message), code_(code) {}
+  OrtErrorCode code() const { return code_; }
+
+ private:
+  OrtErrorCode code_;
+};
+
+[[noreturn]] void invalid(const std::string& message) {
+  throw OrtError(ORT_INVALID_ARGUMENT, message);
+}
+
+// Throws the status' message (and frees it) when `status` is an error.
+void check(const OrtApi* api, OrtStatus* status) {
+  if (!status) return;
+  const OrtErrorCode code = api->GetErrorCode(status);
+  const std::string message = api->GetErrorMessage(status);
+  api->ReleaseStatus(status);
+  throw OrtError(code, message);
+}
+
+// Runs f and converts any exception into an OrtStatus prefixed with `where`.
+template <typename F>
+OrtStatus* guarded(const OrtApi* api, const std::string& where, F&& f) noexcept {
+  try {
+    f();
+    return nullptr;
+  } catch (const qwthn::CircuitError& e) {
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, (where + ": " + e.what()).c_str());
+  } catch (const qwthn::MPOError& e) {
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, (where + ": " + e.what()).c_str());
+  } catch (const OrtError& e) {
+    return api->CreateStatus(e.code(), (where + ": " + e.what()).c_str());
+  } catch (const std::bad_alloc&) {
+    return api->CreateStatus(ORT_FAIL, (where + ": out of memory").c_str());
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, (where + ": " + e.what()).c_str());
+  } catch (...) {
+    return api->CreateStatus(ORT_FAIL, (where + ": unknown error").c_str());
+  }
+}
+
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    default: return "a type other than float32/float64";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel info: node name and attributes.
+
+std::string node_label(const OrtApi* api, const OrtKernelInfo* info, const char* op) {
+  size_t size = 0;
+  std::string name;
+  if (OrtStatus* st = api->KernelInfo_GetNodeName(info, nullptr, &size)) {
+    api->ReleaseStatus(st);
+  } else if (size > 1) {
+    std::vector<char> buf(size);
+    if (OrtStatus* st2 = api->KernelInfo_GetNodeName(info, buf.data(), &size)) {
+      api->ReleaseStatus(st2);
+    } else {
+      name.assign(buf.data());
+    }
+  }
+  return std::string(kDomain) + "::" + op + " node '" + name + "'";
+}
+
+int64_t int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+  int64_t value = 0;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &value)) {
+    api->ReleaseStatus(st);
+    invalid(std::string("attribute '") + name + "' is missing or is not an int");
+  }
+  return value;
+}
+
+// An INTS attribute; `required` false gives an empty list when the attribute is absent.
+std::vector<int64_t> ints_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name,
+                               bool required = true) {
+  size_t size = 0;
+  if (OrtStatus* st = api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
+    api->ReleaseStatus(st);
+    if (!required) return {};
+    invalid(std::string("attribute '") + name + "' is missing or is not a list of ints");
+  }
+  std::vector<int64_t> values(size);
+  if (size > 0) {
+    check(api, api->KernelInfoGetAttributeArray_int64(info, name, values.data(), &size));
+  }
+  return values;
+}
+
+// The optional float64 tensor attribute `constants` (rank 1); empty when absent.
+std::vector<double> constants_attr(const OrtApi* api, const OrtKernelInfo* info) {
+  OrtAllocator* allocator = nullptr;
+  check(api, api->GetAllocatorWithDefaultOptions(&allocator));
+  OrtValue* value = nullptr;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_tensor(info, "constants", allocator, &value)) {
+    api->ReleaseStatus(st);
+    return {};
+  }
+  const std::unique_ptr<OrtValue, void (*)(OrtValue*)> owned(value, api->ReleaseValue);
+  OrtTensorTypeAndShapeInfo* shape_info = nullptr;
+  check(api, api->GetTensorTypeAndShape(value, &shape_info));
+  const std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)>
+      shape_owned(shape_info, api->ReleaseTensorTypeAndShapeInfo);
+  ONNXTensorElementDataType type;
+  size_t rank = 0, count = 0;
+  check(api, api->GetTensorElementType(shape_info, &type));
+  check(api, api->GetDimensionsCount(shape_info, &rank));
+  check(api, api->GetTensorShapeElementCount(shape_info, &count));
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE || rank != 1) {
+    invalid("attribute 'constants' must be a rank-1 float64 tensor");
+  }
+  void* data = nullptr;
+  check(api, api->GetTensorMutableData(value, &data));
+  const auto* p = static_cast<const double*>(data);
+  return std::vector<double>(p, p + count);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel context: tensors in and out, and the intra-op thread pool.
+
+struct Tensor {
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+  int64_t count = 0;
+  const void* data = nullptr;
+};
+
+Tensor input(const OrtApi* api, OrtKernelContext* ctx, size_t index, const char* name) {
+  const OrtValue* value = nullptr;
+  check(api, api->KernelContext_GetInput(ctx, index, &value));
+  if (!value) invalid(std::string("input '") + name + "' is missing");
+  int is_tensor = 0;
+  check(api, api->IsTensor(value, &is_tensor));
+  if (!is_tensor) invalid(std::string("input '") + name + "' is not a tensor");
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  check(api, api->GetTensorTypeAndShape(value, &info));
+  const std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> owned(
+      info, api->ReleaseTensorTypeAndShapeInfo);
+  Tensor t;
+  size_t rank = 0;
+  check(api, api->GetTensorElementType(info, &t.type));
+  check(api, api->GetDimensionsCount(info, &rank));
+  t.dims.resize(rank);
+  if (rank > 0) check(api, api->GetDimensions(info, t.dims.data(), rank));
+  t.count = 1;
+  for (int64_t d : t.dims) {
+    if (d < 0) invalid(std::string("input '") + name + "' has a negative dimension");
+    t.count *= d;
+  }
+  void* data = nullptr;
+  check(api, api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+  t.data = data;
+  return t;
+}
+
+void* output(const OrtApi* api, OrtKernelContext* ctx, const std::vector<int64_t>& dims) {
+  OrtValue* value = nullptr;
+  check(api, api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &value));
+  if (!value) throw OrtError(ORT_FAIL, "onnxruntime returned no output tensor");
+  void* data = nullptr;
+  check(api, api->GetTensorMutableData(value, &data));
+  return data;
+}
+
+// Workers run on onnxruntime's intra-op thread pool (the session's intra_op_num_threads).
+qwthn::Parallel ort_parallel(const OrtApi* api, OrtKernelContext* ctx) {
+  qwthn::Parallel par;
+  par.max_workers = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  par.run = [api, ctx](int n, const std::function<void(int)>& worker) {
+    auto call = [](void* user, size_t i) {
+      (*static_cast<const std::function<void(int)>*>(user))(static_cast<int>(i));
+    };
+    check(api, api->KernelContext_ParallelFor(ctx, call, static_cast<size_t>(n),
+                                              static_cast<size_t>(n),
+                                              const_cast<std::function<void(int)>*>(&worker)));
+  };
+  return par;
+}
+
+// Leading dims of x collapsed into one batch; x must have rank >= 1 and at least one row.
+int64_t batch_of(const Tensor& x, const char* last_dim_name, int64_t last_dim) {
+  if (x.dims.empty() || x.dims.back() != last_dim) {
+    invalid("input 'x' must have shape [..., " + std::string(last_dim_name) + "=" +
+            std::to_string(last_dim) + "], got " + dims_str(x.dims));
+  }
+  if (x.count == 0) {
+    invalid("input 'x' is empty (shape " + dims_str(x.dims) + "); pass at least one row");
+  }
+  return x.count / last_dim;
+}
+
+std::vector<int64_t> output_dims(const Tensor& x, int64_t last) {
+  std::vector<int64_t> dims(x.dims.begin(), x.dims.end() - 1);
+  dims.push_back(last);
+  return dims;
+}
+
+int64_t max_qubits_from_env() {
+  const char* text = std::getenv("QWTHN_MAX_QUBITS");
+  if (!text || !*text) return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text, &end, 10);
+  if (errno != 0 || *end != '\0' || value < 1) {
+    invalid(std::string("QWTHN_MAX_QUBITS='") + text +
+            "' is not a positive integer; set it to the largest qubit count you want to allow, "
+            "e.g. 24");
+  }
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels.
+
+struct QuantumLayerKernel {
+  std::string label;
+  qwthn::DecodedCircuit circuit;
+
+  QuantumLayerKernel(const OrtApi* api, const OrtKernelInfo* info)
+      : label(node_label(api, info, "QuantumLayer")) {}
+
+  void init(const OrtApi* api, const OrtKernelInfo* info) {
+    const int64_t version = int_attr(api, info, "encoding_version");
+    if (version != 1) {
+      invalid("attribute 'encoding_version' is " + std::to_string(version) +
+              "; this library reads version 1 (upgrade qwthn-onnx to read newer models)");
+    }
+    const int64_t n_qubits = int_attr(api, info, "n_qubits");
+    const int64_t n_inputs = int_attr(api, info, "n_inputs");
+    const int64_t n_weights = int_attr(api, info, "n_weights");
+    const std::vector<int64_t> gates = ints_attr(api, info, "gates", false);
+    const std::vector<int64_t> params = ints_attr(api, info, "params", false);
+    const std::vector<int64_t> observables = ints_attr(api, info, "observables");
+    const std::vector<double> constants = constants_attr(api, info);
+    if (gates.size() % 3 != 0) {
+      invalid("attribute 'gates' has " + std::to_string(gates.size()) +
+              " values; it holds (opcode, wire0, wire1) triples");
+    }
+    if (params.size() % 2 != 0) {
+      invalid("attribute 'params' has " + std::to_string(params.size()) +
+              " values; it holds (kind, index) pairs");
+    }
+    // An out-of-range n_qubits is reported by decode_circuit, which checks it first.
+    const int64_t max_qubits = max_qubits_from_env();
+    const int64_t limit = max_qubits > 0 ? max_qubits : qwthn::kDefaultMaxQubits;
+    const bool sane = n_qubits >= 1 && n_qubits <= std::min<int64_t>(limit, qwthn::kHardMaxQubits);
+    if (sane && observables.size() % static_cast<uint64_t>(n_qubits) != 0) {
+      invalid("attribute 'observables' has " + std::to_string(observables.size()) +
+              " values, not a multiple of n_qubits=" + std::to_string(n_qubits));
+    }
+    const int64_t width = n_qubits;
+    const auto n_obs = sane ? static_cast<int64_t>(observables.size()) / n_qubits : 0;
+    circuit = qwthn::decode_circuit(
+        n_qubits, n_inputs, n_weights, gates.data(), static_cast<int64_t>(gates.size() / 3),
+        params.data(), static_cast<int64_t>(params.size() / 2), constants.data(),
+        static_cast<int64_t>(constants.size()), observables.data(), n_obs, width, max_qubits);
+  }
+
+  template <typename T>
+  void run(const OrtApi* api, OrtKernelContext* ctx, const Tensor& x, const Tensor& w) {
+    const int64_t batch = batch_of(x, "n_inputs", circuit.n_inputs);
+    if (w.dims.size() != 1 || w.dims[0] != circuit.n_weights) {
+      invalid("input 'weights' must have shape [n_weights=" + std::to_string(circuit.n_weights) +
+              "], got " + dims_str(w.dims));
+    }
+    T* y = static_cast<T*>(
+        output(api, ctx, output_dims(x, static_cast<int64_t>(circuit.observables.size()))));
+    qwthn::forward<T>(circuit, static_cast<const T*>(x.data), batch, circuit.n_inputs,
+                      static_cast<const T*>(w.data), circuit.n_weights, y,
+                      ort_parallel(api, ctx));
+  }
+
+  void compute(const OrtApi* api, OrtKernelContext* ctx) {
+    const Tensor x = input(api, ctx, 0, "x");
+    const Tensor w = input(api, ctx, 1, "weights");
+    if (x.type != w.type) {
+      invalid(std::string("inputs 'x' (") + type_name(x.type) + ") and 'weights' (" +
+              type_name(w.type) + ") must have the same type");
+    }
+    if (x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return run<float>(api, ctx, x, w);
+    if (x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE) return run<double>(api, ctx, x, w);
+    invalid(std::string("input 'x' has ") + type_name(x.type) + "; use float32 or float64");
+  }
+};
+
+struct MPOLinearKernel {
+  std::string label;
+  std::vector<int64_t> in_modes, out_modes;
+
+  MPOLinearKernel(const OrtApi* api, const OrtKernelInfo* info)
+      : label(node_label(api, info, "MPOLinear")) {}
+
+  void init(const OrtApi* api, const OrtKernelInfo* info) {
+    in_modes = ints_attr(api, info, "in_modes");
+    out_modes = ints_attr(api, info, "out_modes");
+    // Modes are checked now, with placeholder bond-1 cores; the real cores when run.
+    std::vector<std::vector<int64_t>> shapes;
+    for (size_t k = 0; k < in_modes.size() && k < out_modes.size(); ++k) {
+      shapes.push_back({1, in_modes[k], out_modes[k], 1});
+    }
+    qwthn::mpo_shape(in_modes, out_modes, shapes);
+  }
+
+  template <typename T>
+  void run(const OrtApi* api, OrtKernelContext* ctx, const Tensor& x,
+           const std::vector<Tensor>& cores) {
+    std::vector<std::vector<int64_t>> shapes;
+    std::vector<const T*> pointers;
+    for (const Tensor& core : cores) {
+      shapes.push_back(core.dims);
+      pointers.push_back(static_cast<const T*>(core.data));
+    }
+    const qwthn::MPOShape s = qwthn::mpo_shape(in_modes, out_modes, shapes);
+    const int64_t batch = batch_of(x, "prod(in_modes)", s.in_features);
+    T* y = static_cast<T*>(output(api, ctx, output_dims(x, s.out_features)));
+    qwthn::mpo_forward<T>(s, static_cast<const T*>(x.data), batch, pointers.data(), y,
+                          ort_parallel(api, ctx));
+  }
+
+  void compute(const OrtApi* api, OrtKernelContext* ctx) {
+    size_t n_inputs = 0;
+    check(api, api->KernelContext_GetInputCount(ctx, &n_inputs));
+    if (n_inputs != in_modes.size() + 1) {
+      invalid("got " + std::to_string(n_inputs > 0 ? n_inputs - 1 : 0) + " cores; in_modes has " +
+              std::to_string(in_modes.size()) + " entries, one per core");
+    }
+    const Tensor x = input(api, ctx, 0, "x");
+    std::vector<Tensor> cores;
+    for (size_t k = 1; k < n_inputs; ++k) {
+      const std::string name = "core " + std::to_string(k - 1);
+      cores.push_back(input(api, ctx, k, name.c_str()));
+      if (cores.back().type != x.type) {
+        invalid(name + " has " + type_name(cores.back().type) + " but x has " +
+                type_name(x.type) + "; they must match");
+      }
+    }
+    if (x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return run<float>(api, ctx, x, cores);
+    if (x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE) return run<double>(api, ctx, x, cores);
+    invalid(std::string("input 'x' has ") + type_name(x.type) + "; use float32 or float64");
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Shape inference: y keeps x's leading dims (symbolic ones by name) and gets a known last dim.
+// onnxruntime ignores (and leaks) a status returned from here, so problems are left to kernel
+// creation, which reports them; inference just sets nothing.
+
+bool read_ints(const OrtApi* api, OrtShapeInferContext* ctx, const char* name,
+               std::vector<int64_t>& out) {
+  const OrtOpAttr* attr = nullptr;
+  if (OrtStatus* st = api->ShapeInferContext_GetAttribute(ctx, name, &attr)) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  size_t bytes = 0;
+  if (OrtStatus* st = api->ReadOpAttr(attr, ORT_OP_ATTR_INTS, nullptr, 0, &bytes)) {
+    api->ReleaseStatus(st);
+  }
+  out.assign(bytes / sizeof(int64_t), 0);
+  if (out.empty()) return true;
+  if (OrtStatus* st = api->ReadOpAttr(attr, ORT_OP_ATTR_INTS, out.data(), bytes, &bytes)) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  return true;
+}
+
+bool read_int(const OrtApi* api, OrtShapeInferContext* ctx, const char* name, int64_t& out) {
+  const OrtOpAttr* attr = nullptr;
+  if (OrtStatus* st = api->ShapeInferContext_GetAttribute(ctx, name, &attr)) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  size_t bytes = 0;
+  if (OrtStatus* st = api->ReadOpAttr(attr, ORT_OP_ATTR_INT, &out, sizeof(out), &bytes)) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  return true;
+}
+
+void infer_last_dim(OrtShapeInferContext* ctx, int64_t last) {
+  const OrtApi* api = g_api.load();
+  if (!api || last < 0) return;
+  OrtTensorTypeAndShapeInfo* in = nullptr;  // owned by the context
+  if (OrtStatus* st = api->ShapeInferContext_GetInputTypeShape(ctx, 0, &in)) {
+    api->ReleaseStatus(st);
+    return;
+  }
+  ONNXTensorElementDataType type;
+  size_t rank = 0;
+  if (OrtStatus* st = api->GetTensorElementType(in, &type)) return api->ReleaseStatus(st);
+  if (OrtStatus* st = api->GetDimensionsCount(in, &rank)) return api->ReleaseStatus(st);
+  if (rank == 0) return;  // unknown rank (x needs rank >= 1)
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> symbols(rank, nullptr);
+  if (OrtStatus* st = api->GetDimensions(in, dims.data(), rank)) return api->ReleaseStatus(st);
+  if (OrtStatus* st = api->GetSymbolicDimensions(in, symbols.data(), rank)) {
+    return api->ReleaseStatus(st);
+  }
+  for (size_t i = 0; i + 1 < rank; ++i) {
+    // An unnamed unknown dim cannot be expressed through this API; leave the shape unknown.
+    if (dims[i] < 0 && (!symbols[i] || !*symbols[i])) return;
+  }
+  dims[rank - 1] = last;
+  symbols[rank - 1] = "";
+  OrtTensorTypeAndShapeInfo* out = nullptr;
+  if (OrtStatus* st = api->CreateTensorTypeAndShapeInfo(&out)) return api->ReleaseStatus(st);
+  const std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> owned(
+      out, api->ReleaseTensorTypeAndShapeInfo);
+  for (OrtStatus* st : {api->SetTensorElementType(out, type),
+                        api->SetDimensions(out, dims.data(), rank),
+                        api->SetSymbolicDimensions(out, symbols.data(), rank),
+                        api->ShapeInferContext_SetOutputTypeShape(ctx, 0, out)}) {
+    if (st) api->ReleaseStatus(st);
+  }
+}
+
+OrtStatus* ORT_API_CALL quantum_layer_infer(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi* api = g_api.load();
+  if (!api) return nullptr;
+  try {
+    int64_t n_qubits = 0;
+    std::vector<int64_t> observables;
+    if (read_int(api, ctx, "n_qubits", n_qubits) && n_qubits >= 1 &&
+        read_ints(api, ctx, "observables", observables) &&
+        observables.size() % static_cast<uint64_t>(n_qubits) == 0) {
+      infer_last_dim(ctx, static_cast<int64_t>(observables.size()) / n_qubits);
+    }
+  } catch (...) {  // e.g. bad_alloc: inference is best effort
+  }
+  return nullptr;
+}
+
+OrtStatus* ORT_API_CALL mpo_linear_infer(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi* api = g_api.load();
+  if (!api) return nullptr;
+  try {
+    std::vector<int64_t> out_modes;
+    if (!read_ints(api, ctx, "out_modes", out_modes) || out_modes.empty()) return nullptr;
+    int64_t size = 1;
+    for (int64_t m : out_modes) {
+      if (m < 1 || size > qwthn::kMaxMPOFeatures / m) return nullptr;
+      size *= m;
+    }
+    infer_last_dim(ctx, size);
+  } catch (...) {
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// OrtCustomOp tables: each op is registered once per element type (float32, float64), with the
+// same name, so onnxruntime merges them into one schema whose T is either type.
+
+template <typename Kernel>
+struct OpTraits;
+
+template <>
+struct OpTraits<QuantumLayerKernel> {
+  static constexpr const char* kName = "QuantumLayer";
+  static constexpr size_t kInputs = 2;
+  static OrtCustomOpInputOutputCharacteristic input_kind(size_t) {
+    return INPUT_OUTPUT_REQUIRED;
+  }
+  static constexpr auto infer = quantum_layer_infer;
+};
+
+template <>
+struct OpTraits<MPOLinearKernel> {
+  static constexpr const char* kName = "MPOLinear";
+  static constexpr size_t kInputs = 2;  // x, then the variadic cores
+  static OrtCustomOpInputOutputCharacteristic input_kind(size_t i) {
+    return i == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_VARIADIC;
+  }
+  static constexpr auto infer = mpo_linear_infer;
+};
+
+struct TypedOp : OrtCustomOp {
+  ONNXTensorElementDataType type;
+};
+
+template <typename Kernel>
+TypedOp make_op(ONNXTensorElementDataType type) {
+  using Traits = OpTraits<Kernel>;
+  TypedOp op{};
+  op.version = kOrtApiVersion;
+  op.type = type;
+  op.GetName = [](const OrtCustomOp*) { return Traits::kName; };
+  op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* {
+    return "CPUExecutionProvider";
+  };
+  op.GetInputTypeCount = [](const OrtCustomOp*) { return Traits::kInputs; };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+  op.GetInputType = [](const OrtCustomOp* self, size_t) {
+    return static_cast<const TypedOp*>(self)->type;
+  };
+  op.GetOutputType = [](const OrtCustomOp* self, size_t) {
+    return static_cast<const TypedOp*>(self)->type;
+  };
+  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) { return Traits::input_kind(i); };
+  op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+  op.GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+  op.GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op.GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+  op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op.CreateKernel = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*) -> void* {
+    return nullptr;  // onnxruntime calls CreateKernelV2 (API >= 16)
+  };
+  op.KernelCompute = [](void*, OrtKernelContext*) {};  // superseded by KernelComputeV2
+  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                         void** kernel) -> OrtStatus* {
+    *kernel = nullptr;
+    std::unique_ptr<Kernel> k;
+    std::string where = std::string(kDomain) + "::" + Traits::kName;
+    OrtStatus* st = guarded(api, where, [&] { k = std::make_unique<Kernel>(api, info); });
+    if (st) return st;
+    st = guarded(api, k->label, [&] { k->init(api, info); });
+    if (!st) *kernel = k.release();
+    return st;
+  };
+  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatus* {
+    auto* k = static_cast<Kernel*>(kernel);
+    const OrtApi* api = g_api.load();
+    return guarded(api, k->label, [&] { k->compute(api, ctx); });
+  };
+  op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+  op.InferOutputShapeFn = Traits::infer;
+  op.GetStartVersion = [](const OrtCustomOp*) { return 1; };
+  op.GetEndVersion = [](const OrtCustomOp*) { return 1; };
+  return op;
+}
+
+const TypedOp kOps[] = {
+    make_op<QuantumLayerKernel>(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),
+    make_op<QuantumLayerKernel>(ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE),
+    make_op<MPOLinearKernel>(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),
+    make_op<MPOLinearKernel>(ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE),
+};
+
+// One domain for the process, shared by every SessionOptions that registers the library: it
+// must outlive all sessions created from them, and it holds only the static op tables above.
+OrtStatus* shared_domain(const OrtApi* api, OrtCustomOpDomain** out) {
+  static std::mutex mutex;
+  static OrtCustomOpDomain* domain = nullptr;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (!domain) {
+    OrtCustomOpDomain* created = nullptr;
+    if (OrtStatus* st = api->CreateCustomOpDomain(kDomain, &created)) return st;
+    for (const TypedOp& op : kOps) {
+      if (OrtStatus* st = api->CustomOpDomain_Add(created, &op)) {
+        api->ReleaseCustomOpDomain(created);
+        return st;
+      }
+    }
+    domain = created;
+  }
+  *out = domain;
+  return nullptr;
+}
+
+}  // namespace
+
+extern "C" QWTHN_ORT_EXPORT OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  if (!api_base) return nullptr;
+  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
+  if (!api) {
+    const OrtApi* oldest = api_base->GetApi(1);
+    const std::string message = std::string("libqwthn_ops needs onnxruntime >= 1.17 (C API ") +
+                                std::to_string(kOrtApiVersion) + "); this runtime is " +
+                                api_base->GetVersionString();
+    return oldest ? oldest->CreateStatus(ORT_FAIL, message.c_str()) : nullptr;
+  }
+  g_api.store(api);
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = shared_domain(api, &domain)) return st;
+  return api->AddCustomOpDomain(options, domain);
+}
