@@ -3,8 +3,8 @@
 // and feature indices are row-major over the modes (mode 0 most significant), as in
 // qwthn_onnx.mpo.MPOLinear.
 //
-// Forward of a small operator forms W once per call and runs a register-blocked GEMM; larger
-// ones (and every backward) contract core by core without forming W, over chunks of samples
+// Forward over a batch forms a small W once per call and runs a register-blocked GEMM; single
+// rows, larger operators (and every backward) contract core by core without forming W, over chunks of samples
 // laid out batch-innermost ([feature..., sample]), so every inner loop is a long contiguous
 // multiply-add whatever the modes. Backward recomputes the chunk's intermediates and runs the
 // contraction in reverse; core gradients are summed per fixed group of chunks and then in
@@ -29,8 +29,9 @@ constexpr int64_t kMaxMPOCores = 16;
 constexpr int64_t kMaxMPOFeatures = int64_t{1} << 31;
 // Largest per-sample intermediate (elements) the contraction may create.
 constexpr int64_t kMaxMPOIntermediate = int64_t{1} << 26;
-// Forward forms the dense W when in_features * out_features is at most this (as the PyTorch
-// layer does); larger operators are contracted core by core.
+// Forward may form the dense W only when in_features * out_features is at most this (as the
+// PyTorch layer does), and does when that costs fewer multiply-adds over the batch than the
+// core-by-core contraction (not for a single token, say).
 constexpr int64_t kMPODenseLimit = int64_t{1} << 22;
 
 struct MPOShape {

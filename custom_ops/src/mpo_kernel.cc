@@ -15,15 +15,17 @@ namespace QWTHN_KERNEL_NS {
 
 namespace {
 
-// Samples per chunk: a power of two in [8, 256] such that one intermediate of the chunk stays
-// near L2-sized. Depends only on the shape, so results do not depend on the thread count.
+// Samples per chunk: a power of two up to 256 such that one intermediate of the chunk stays
+// near L2-sized (at least 8 unless the batch is smaller, so a single token does not pay for
+// padded lanes). Depends on the shape and batch only, never on the thread count.
 template <typename T>
-int64_t chunk_samples(const MPOShape& s) {
+int64_t chunk_samples(const MPOShape& s, int64_t batch) {
   constexpr int64_t kTargetBytes = 256 * 1024;
   int64_t bc = 256;
   while (bc > 8 && bc * s.max_intermediate * static_cast<int64_t>(sizeof(T)) > kTargetBytes) {
     bc /= 2;
   }
+  while (bc > 1 && bc / 2 >= batch) bc /= 2;
   return bc;
 }
 
@@ -44,6 +46,26 @@ std::vector<Step> steps_of(const MPOShape& s) {
     J *= s.out_modes[k];
   }
   return steps;
+}
+
+// Multiply-adds per sample of the core-by-core contraction.
+double contraction_cost(const std::vector<Step>& steps) {
+  double cost = 0;
+  for (const Step& st : steps) {
+    cost += static_cast<double>(st.J) * st.Jk * st.D1 * st.D0 * st.I * st.R;
+  }
+  return cost;
+}
+
+// Multiply-adds of forming the dense operator from the cores (dense_transposed).
+double dense_build_cost(const MPOShape& s) {
+  double cost = 0, I = static_cast<double>(s.in_modes[0]), J = static_cast<double>(s.out_modes[0]);
+  for (int64_t k = 1; k < s.num_cores(); ++k) {
+    cost += I * s.in_modes[k] * J * s.out_modes[k] * s.bonds[k] * s.bonds[k + 1];
+    I *= s.in_modes[k];
+    J *= s.out_modes[k];
+  }
+  return cost;
 }
 
 template <typename T>
@@ -71,6 +93,22 @@ template <typename T>
 void step_forward(const Step& st, int64_t lanes, const T* core, const T* in, T* out) {
   const int64_t L = st.R * lanes;
   std::fill(out, out + st.out_size() * lanes, T(0));
+  if (L < 8) {
+    // Short blocks (a few samples, late steps): loop over the core's output columns instead,
+    // so the inner loop stays long (contiguous when L == 1).
+    const int64_t Q = st.Jk * st.D1;
+    for (int64_t J = 0; J < st.J; ++J) {
+      for (int64_t p = 0; p < st.D0 * st.I; ++p) {
+        const T* crow = core + p * Q;
+        for (int64_t l = 0; l < L; ++l) {
+          const T v = in[(J * st.D0 * st.I + p) * L + l];
+          T* o = out + J * Q * L + l;
+          for (int64_t q = 0; q < Q; ++q) o[q * L] += v * crow[q];
+        }
+      }
+    }
+    return;
+  }
   for (int64_t J = 0; J < st.J; ++J) {
     for (int64_t j = 0; j < st.Jk; ++j) {
       for (int64_t d1 = 0; d1 < st.D1; ++d1) {
@@ -209,8 +247,13 @@ void gemm(const T* x, int64_t in, const T* wt, int64_t out_pad, int64_t out, T* 
 template <typename T>
 void mpo_forward(const MPOShape& s, const T* x, int64_t batch, const T* const* cores, T* y,
                  const Parallel& par) {
-  if (s.in_features * s.out_features <= kMPODenseLimit) {
-    // Small operators: form W once (cheap next to the batch) and run one register-blocked GEMM.
+  const std::vector<Step> steps = steps_of(s);
+  const double batch_d = static_cast<double>(batch);
+  const bool dense = s.in_features * s.out_features <= kMPODenseLimit &&
+                     dense_build_cost(s) + batch_d * s.in_features * s.out_features <
+                         batch_d * contraction_cost(steps);
+  if (dense) {
+    // Form W once when that pays off over the batch, then run one register-blocked GEMM.
     // Narrow outputs (up to one lane vector, e.g. an adapter's rank) take 8 rows per pass.
     constexpr int W = lanes<T>();
     const bool narrow = s.out_features <= W;
@@ -229,8 +272,7 @@ void mpo_forward(const MPOShape& s, const T* x, int64_t batch, const T* const* c
     });
     return;
   }
-  const std::vector<Step> steps = steps_of(s);
-  const int64_t bc = chunk_samples<T>(s);
+  const int64_t bc = chunk_samples<T>(s, batch);
   const int64_t chunks = (batch + bc - 1) / bc;
   const int64_t buf = s.max_intermediate * bc;
   std::vector<std::unique_ptr<std::vector<T>>> buffers(
@@ -254,7 +296,7 @@ void mpo_backward(const MPOShape& s, const T* x, int64_t batch, const T* const* 
                   const T* grad_y, T* grad_x, T* const* grad_cores, const Parallel& par) {
   const std::vector<Step> steps = steps_of(s);
   const int64_t K = s.num_cores();
-  const int64_t bc = chunk_samples<T>(s);
+  const int64_t bc = chunk_samples<T>(s, batch);
   const int64_t chunks = (batch + bc - 1) / bc;
   // Core gradients are summed per group of chunks (fixed by the batch), then in group order.
   constexpr int64_t kMaxGroups = 64;

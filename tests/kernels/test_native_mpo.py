@@ -69,6 +69,21 @@ def test_forward_and_backward_match_torch(isa, d_in, d_out, bond, cores, dtype):
         _assert_close(g, r, 10 * tol)
 
 
+@pytest.mark.parametrize(("d_in", "d_out", "bond", "cores"), SHAPES)
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_a_few_rows_take_the_short_block_path_and_match(d_in, d_out, bond, cores, rows):
+    """Single tokens (decode): no dense W, lanes shrink to the batch, short-block loops."""
+    mpo = _mpo(d_in, d_out, bond, cores)
+    x = torch.randn(rows, d_in, dtype=torch.float64)
+    grad_y = torch.randn(rows, d_out, dtype=torch.float64)
+    y, gx, gc = _run(mpo, x, grad_y)
+    ry, rgx, rgc = _reference(mpo, x, grad_y)
+    _assert_close(y, ry, 1e-12)
+    _assert_close(gx, rgx, 1e-12)
+    for g, r in zip(gc, rgc, strict=True):
+        _assert_close(g, r, 1e-11)
+
+
 def dtype_np(dtype: torch.dtype) -> np.dtype:
     return np.dtype(np.float32 if dtype == torch.float32 else np.float64)
 

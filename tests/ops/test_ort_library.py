@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -306,3 +307,15 @@ def test_mpo_bad_modes_and_cores_give_errors():
         session.run(None, {"x": np.zeros((2, 63), np.float32)})
     (y,) = session.run(None, {"x": np.ones((2, 64), np.float32)})
     np.testing.assert_allclose(y, mpo(torch.ones(2, 64)).detach().numpy(), atol=1e-5)
+
+
+def test_readme_onnxruntime_example_runs():
+    """The README's onnxruntime snippet is executed as written, so it cannot rot."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Running `ai.qwthn` models in onnxruntime") :]
+    start = section.index("```python\n") + len("```python\n")
+    namespace: dict = {}
+    exec(section[start : section.index("```", start)], namespace)
+    (fallback,) = namespace["plain"].run(None, {"x": namespace["x"], "weights": namespace["w"]})
+    assert namespace["y"].shape == (4, 16, 10)
+    np.testing.assert_allclose(namespace["y"], fallback, atol=1e-5)
