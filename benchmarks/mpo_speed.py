@@ -23,7 +23,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
