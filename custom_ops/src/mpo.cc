@@ -145,14 +145,7 @@ void mpo_backward(const MPOShape& s, const T* x, int64_t batch, const T* const* 
   baseline::mpo_backward<T>(s, x, batch, cores, grad_y, grad_x, grad_cores, par);
 }
 
-template void mpo_forward<float>(const MPOShape&, const float*, int64_t, const float* const*,
-                                 float*, const Parallel&);
-template void mpo_forward<double>(const MPOShape&, const double*, int64_t, const double* const*,
-                                  double*, const Parallel&);
-template void mpo_backward<float>(const MPOShape&, const float*, int64_t, const float* const*,
-                                  const float*, float*, float* const*, const Parallel&);
-template void mpo_backward<double>(const MPOShape&, const double*, int64_t,
-                                   const double* const*, const double*, double*, double* const*,
-                                   const Parallel&);
+QWTHN_MPO_INSTANTIATIONS(float)
+QWTHN_MPO_INSTANTIATIONS(double)
 
 }  // namespace qwthn

@@ -69,6 +69,13 @@ void mpo_backward(const MPOShape& s, const T* x, int64_t batch, const T* const* 
   void mpo_backward(const MPOShape& s, const T* x, int64_t batch, const T* const* cores,  \
                     const T* grad_y, T* grad_x, T* const* grad_cores, const Parallel& par);
 
+// Explicit instantiations for float and double, in whichever namespace the macro is used.
+#define QWTHN_MPO_INSTANTIATIONS(T)                                                           \
+  template void mpo_forward<T>(const MPOShape&, const T*, int64_t, const T* const*, T*,     \
+                               const Parallel&);                                            \
+  template void mpo_backward<T>(const MPOShape&, const T*, int64_t, const T* const*,        \
+                                const T*, T*, T* const*, const Parallel&);
+
 // One build per instruction set (mpo_kernel.cc compiled twice), arguments already validated.
 namespace baseline {
 QWTHN_MPO_KERNEL_DECLARATIONS

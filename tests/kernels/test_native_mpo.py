@@ -52,6 +52,18 @@ def _assert_close(actual, expected, tol):
     np.testing.assert_allclose(actual, expected, atol=tol * scale, rtol=tol)
 
 
+def _assert_matches_reference(mpo: MPOLinear, rows: int) -> None:
+    """float64 forward and backward of the kernel equal torch autograd's."""
+    x = torch.randn(rows, mpo.in_features, dtype=torch.float64)
+    grad_y = torch.randn(rows, mpo.out_features, dtype=torch.float64)
+    y, gx, gc = _run(mpo, x, grad_y)
+    ry, rgx, rgc = _reference(mpo, x, grad_y)
+    _assert_close(y, ry, 1e-12)
+    _assert_close(gx, rgx, 1e-12)
+    for g, r in zip(gc, rgc, strict=True):
+        _assert_close(g, r, 1e-11)
+
+
 @pytest.mark.parametrize(("d_in", "d_out", "bond", "cores"), SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_and_backward_match_torch(isa, d_in, d_out, bond, cores, dtype):
@@ -73,15 +85,7 @@ def test_forward_and_backward_match_torch(isa, d_in, d_out, bond, cores, dtype):
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_a_few_rows_take_the_short_block_path_and_match(d_in, d_out, bond, cores, rows):
     """Single tokens (decode): no dense W, lanes shrink to the batch, short-block loops."""
-    mpo = _mpo(d_in, d_out, bond, cores)
-    x = torch.randn(rows, d_in, dtype=torch.float64)
-    grad_y = torch.randn(rows, d_out, dtype=torch.float64)
-    y, gx, gc = _run(mpo, x, grad_y)
-    ry, rgx, rgc = _reference(mpo, x, grad_y)
-    _assert_close(y, ry, 1e-12)
-    _assert_close(gx, rgx, 1e-12)
-    for g, r in zip(gc, rgc, strict=True):
-        _assert_close(g, r, 1e-11)
+    _assert_matches_reference(_mpo(d_in, d_out, bond, cores), rows)
 
 
 def dtype_np(dtype: torch.dtype) -> np.dtype:
@@ -90,15 +94,7 @@ def dtype_np(dtype: torch.dtype) -> np.dtype:
 
 def test_large_operator_is_contracted_core_by_core_and_matches():
     """in*out above the dense limit: the forward takes the core-by-core path."""
-    mpo = _mpo(2048, 4096, 2, 3)
-    x = torch.randn(5, 2048, dtype=torch.float64)
-    grad_y = torch.randn(5, 4096, dtype=torch.float64)
-    y, gx, gc = _run(mpo, x, grad_y)
-    ry, rgx, rgc = _reference(mpo, x, grad_y)
-    _assert_close(y, ry, 1e-12)
-    _assert_close(gx, rgx, 1e-12)
-    for g, r in zip(gc, rgc, strict=True):
-        _assert_close(g, r, 1e-11)
+    _assert_matches_reference(_mpo(2048, 4096, 2, 3), rows=5)
 
 
 def test_results_do_not_depend_on_the_thread_count():
