@@ -1,0 +1,1 @@
+"""Peer simulators for benchmarks/kernel_speed.py; they run in their own virtual env."""
