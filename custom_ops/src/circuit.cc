@@ -1,7 +1,8 @@
 #include "circuit.h"
 
 #include <cmath>
-#include <sstream>
+
+#include "messages.h"
 
 namespace qwthn {
 
@@ -17,10 +18,7 @@ const GateInfo kGateTable[kNumOpcodes] = {
 
 template <typename... Args>
 [[noreturn]] void fail(const Args&... args) {
-  std::ostringstream os;
-  os << "encoded circuit: ";
-  (os << ... << args);
-  throw CircuitError(os.str());
+  throw_message<CircuitError>("encoded circuit: ", args...);
 }
 
 }  // namespace

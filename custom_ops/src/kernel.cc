@@ -5,7 +5,6 @@
 #include <cmath>
 #include <complex>
 #include <cstring>
-#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -326,32 +325,43 @@ void signed_sums(const T* __restrict w, int nq, const Step* members, int count, 
   for (int j = 0; j < count; ++j) st<T, W>(out + j * W, acc[j]);
 }
 
+// Runs body(r, i) on every quadruple of amplitudes {x, x|s, x|f, x|f|s} of the two-qubit
+// subspace on bits f and s: their lane vectors are loaded into r[4], i[4] and stored back after.
+template <typename T, int W, typename F>
+inline void for_each_quad(T* __restrict re, T* __restrict im, int nq, int f, int s, F&& body) {
+  using V = Vec<T, W>;
+  const int lo = std::min(f, s), hi = std::max(f, s);
+  const uint64_t bf = uint64_t{1} << f, bs = uint64_t{1} << s;
+  const uint64_t quarter = (uint64_t{1} << nq) >> 2;
+  for (uint64_t k = 0; k < quarter; ++k) {
+    const uint64_t x = insert_zero(insert_zero(k, lo), hi);
+    const uint64_t o[4] = {x * W, (x | bs) * W, (x | bf) * W, (x | bf | bs) * W};
+    V r[4], i[4];
+    for (int j = 0; j < 4; ++j) {
+      r[j] = ld<T, W>(re + o[j]);
+      i[j] = ld<T, W>(im + o[j]);
+    }
+    body(r, i);
+    for (int j = 0; j < 4; ++j) {
+      st<T, W>(re + o[j], r[j]);
+      st<T, W>(im + o[j], i[j]);
+    }
+  }
+}
+
 // Two real 2x2 gates on different qubits (A on ta, B on tb) in one pass over the state; they
 // commute, so the adjoint pair is the pair of adjoints.
 template <typename T, int W>
 void mat1_pair(T* __restrict re, T* __restrict im, int nq, int ta, int tb, const Coef2<T, W>& A,
                const Coef2<T, W>& B) {
   using V = Vec<T, W>;
-  const int lo = std::min(ta, tb), hi = std::max(ta, tb);
-  const uint64_t bA = uint64_t{1} << ta, bB = uint64_t{1} << tb;
-  const uint64_t quarter = (uint64_t{1} << nq) >> 2;
-  for (uint64_t k = 0; k < quarter; ++k) {
-    const uint64_t x = insert_zero(insert_zero(k, lo), hi);
-    const uint64_t o[4] = {x * W, (x | bA) * W, (x | bB) * W, (x | bA | bB) * W};
-    V r[4], i[4];
-    for (int j = 0; j < 4; ++j) {
-      r[j] = ld<T, W>(re + o[j]);
-      i[j] = ld<T, W>(im + o[j]);
-    }
+  // Quad order {x, x|A, x|B, x|A|B}: A pairs (0,1), (2,3); B pairs (0,2), (1,3).
+  for_each_quad<T, W>(re, im, nq, tb, ta, [&](V* r, V* i) {
     mul2<T, W, true>(A, r[0], i[0], r[1], i[1], r[0], i[0], r[1], i[1]);
     mul2<T, W, true>(A, r[2], i[2], r[3], i[3], r[2], i[2], r[3], i[3]);
     mul2<T, W, true>(B, r[0], i[0], r[2], i[2], r[0], i[0], r[2], i[2]);
     mul2<T, W, true>(B, r[1], i[1], r[3], i[3], r[1], i[1], r[3], i[3]);
-    for (int j = 0; j < 4; ++j) {
-      st<T, W>(re + o[j], r[j]);
-      st<T, W>(im + o[j], i[j]);
-    }
-  }
+  });
 }
 
 template <typename T, int W, bool ADJ>
@@ -367,27 +377,22 @@ void apply_mat2(T* __restrict re, T* __restrict im, int nq, int a, int b,
       mi[i * 4 + j] = ADJ ? -imag : imag;
     }
   }
-  const int lo = std::min(a, b), hi = std::max(a, b);
-  const uint64_t A = uint64_t{1} << a, B = uint64_t{1} << b;
-  const uint64_t quarter = (uint64_t{1} << nq) >> 2;
-  for (uint64_t k = 0; k < quarter; ++k) {
-    const uint64_t x = insert_zero(insert_zero(k, lo), hi);
-    const uint64_t idx[4] = {x * W, (x | B) * W, (x | A) * W, (x | A | B) * W};
-    V vr[4], vi[4];
-    for (int j = 0; j < 4; ++j) {
-      vr[j] = ld<T, W>(re + idx[j]);
-      vi[j] = ld<T, W>(im + idx[j]);
+  // Quad order {x, x|b, x|a, x|a|b}: local index 2 * bit a + bit b.
+  for_each_quad<T, W>(re, im, nq, a, b, [&](V* vr, V* vi) {
+    V sr[4], si[4];
+    for (int i = 0; i < 4; ++i) {
+      sr[i] = V{};
+      si[i] = V{};
+      for (int j = 0; j < 4; ++j) {
+        sr[i] += mr[i * 4 + j] * vr[j] - mi[i * 4 + j] * vi[j];
+        si[i] += mr[i * 4 + j] * vi[j] + mi[i * 4 + j] * vr[j];
+      }
     }
     for (int i = 0; i < 4; ++i) {
-      V sr = V{}, si = V{};
-      for (int j = 0; j < 4; ++j) {
-        sr += mr[i * 4 + j] * vr[j] - mi[i * 4 + j] * vi[j];
-        si += mr[i * 4 + j] * vi[j] + mi[i * 4 + j] * vr[j];
-      }
-      st<T, W>(re + idx[i], sr);
-      st<T, W>(im + idx[i], si);
+      vr[i] = sr[i];
+      vi[i] = si[i];
     }
-  }
+  });
 }
 
 // Apply a gate (or its adjoint) to a tile. kPhase steps take the plan's phase table as cf;
@@ -775,13 +780,9 @@ void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_
   const int64_t tiles = (batch + W - 1) / W;
   const int64_t chunks = (tiles + kTilesPerChunk - 1) / kTilesPerChunk;
   const size_t n_obs = c.observables.size();
-  std::vector<std::unique_ptr<Tile<T, W>>> buffers(
-      static_cast<size_t>(std::min<int64_t>(std::max(par.max_workers, 1), chunks)));
+  PerWorker<Tile<T, W>> tiles_of(par, chunks);
   parallel_chunks(par, chunks, [&](int worker, int64_t chunk) {
-    if (!buffers[worker]) {  // allocated by the worker that uses it (first touch)
-      buffers[worker] = std::make_unique<Tile<T, W>>(c.n_qubits, plan.dynamic_reals, false);
-    }
-    Tile<T, W>& tile = *buffers[worker];
+    Tile<T, W>& tile = tiles_of.get(worker, c.n_qubits, plan.dynamic_reals, false);
     T vr[W], vi[W];
     const int64_t end = std::min(tiles, (chunk + 1) * kTilesPerChunk);
     for (int64_t t = chunk * kTilesPerChunk; t < end; ++t) {
@@ -813,13 +814,9 @@ void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n
   // One weight-gradient accumulator per chunk, summed in chunk order at the end: the result
   // does not depend on the number of threads or on scheduling.
   std::vector<double> chunk_acc(static_cast<size_t>(chunks * P), 0.0);
-  std::vector<std::unique_ptr<Tile<T, W>>> buffers(
-      static_cast<size_t>(std::min<int64_t>(std::max(par.max_workers, 1), chunks)));
+  PerWorker<Tile<T, W>> tiles_of(par, chunks);
   parallel_chunks(par, chunks, [&](int worker, int64_t chunk) {
-    if (!buffers[worker]) {
-      buffers[worker] = std::make_unique<Tile<T, W>>(nq, plan.dynamic_reals, true);
-    }
-    Tile<T, W>& tile = *buffers[worker];
+    Tile<T, W>& tile = tiles_of.get(worker, nq, plan.dynamic_reals, true);
     double* gw = chunk_acc.data() + chunk * P;
     T g[W], gr[W], gi[W];
     std::vector<T> sums(8 * W);
@@ -901,16 +898,8 @@ void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n
   }
 }
 
-template void forward<float>(const DecodedCircuit&, const float*, int64_t, int64_t, const float*,
-                             int64_t, float*, const Parallel&);
-template void forward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                              const double*, int64_t, double*, const Parallel&);
-template void backward<float>(const DecodedCircuit&, const float*, int64_t, int64_t,
-                              const float*, int64_t, const float*, float*, float*,
-                              const Parallel&);
-template void backward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                               const double*, int64_t, const double*, double*, double*,
-                               const Parallel&);
+QWTHN_KERNEL_INSTANTIATIONS(float)
+QWTHN_KERNEL_INSTANTIATIONS(double)
 
 }  // namespace QWTHN_KERNEL_NS
 }  // namespace qwthn

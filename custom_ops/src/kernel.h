@@ -25,6 +25,13 @@ namespace qwthn {
                 const T* weights, int64_t n_weights_given, const T* grad_out, T* grad_inputs, \
                 T* grad_weights, const Parallel& par);
 
+// Explicit instantiations for float and double, in whichever namespace the macro is used.
+#define QWTHN_KERNEL_INSTANTIATIONS(T)                                                       \
+  template void forward<T>(const DecodedCircuit&, const T*, int64_t, int64_t, const T*,     \
+                           int64_t, T*, const Parallel&);                                   \
+  template void backward<T>(const DecodedCircuit&, const T*, int64_t, int64_t, const T*,    \
+                            int64_t, const T*, T*, T*, const Parallel&);
+
 // One build per instruction set (kernel.cc compiled twice); use the dispatching ones below.
 namespace baseline {
 QWTHN_KERNEL_DECLARATIONS

@@ -71,15 +71,7 @@ void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n
                         grad_inputs, grad_weights, par);
 }
 
-template void forward<float>(const DecodedCircuit&, const float*, int64_t, int64_t, const float*,
-                             int64_t, float*, const Parallel&);
-template void forward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                              const double*, int64_t, double*, const Parallel&);
-template void backward<float>(const DecodedCircuit&, const float*, int64_t, int64_t,
-                              const float*, int64_t, const float*, float*, float*,
-                              const Parallel&);
-template void backward<double>(const DecodedCircuit&, const double*, int64_t, int64_t,
-                               const double*, int64_t, const double*, double*, double*,
-                               const Parallel&);
+QWTHN_KERNEL_INSTANTIATIONS(float)
+QWTHN_KERNEL_INSTANTIATIONS(double)
 
 }  // namespace qwthn

@@ -2,10 +2,10 @@
 #include "mpo.h"
 
 #include <cmath>
-#include <sstream>
 #include <string>
 
 #include "kernel.h"
+#include "messages.h"
 
 namespace qwthn {
 
@@ -13,16 +13,7 @@ namespace {
 
 template <typename... Args>
 [[noreturn]] void fail(const Args&... args) {
-  std::ostringstream os;
-  os << "MPOLinear: ";
-  (os << ... << args);
-  throw MPOError(os.str());
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
+  throw_message<MPOError>("MPOLinear: ", args...);
 }
 
 // Product of positive factors, failing once it passes `limit` (no overflow).
@@ -86,14 +77,14 @@ MPOShape mpo_shape(const std::vector<int64_t>& in_modes, const std::vector<int64
   for (int64_t k = 0; k < K; ++k) {
     const std::vector<int64_t>& shape = core_shapes[k];
     if (shape.size() != 4) {
-      fail("core ", k, " has shape ", shape_str(shape),
+      fail("core ", k, " has shape ", dims_str(shape),
            "; cores are rank 4: [bond_in, in_mode, out_mode, bond_out]");
     }
     for (int64_t d : shape) {
-      if (d < 1) fail("core ", k, " has shape ", shape_str(shape), "; sizes must be positive");
+      if (d < 1) fail("core ", k, " has shape ", dims_str(shape), "; sizes must be positive");
     }
     if (shape[1] != in_modes[k] || shape[2] != out_modes[k]) {
-      fail("core ", k, " has shape ", shape_str(shape), "; in_modes[", k, "]=", in_modes[k],
+      fail("core ", k, " has shape ", dims_str(shape), "; in_modes[", k, "]=", in_modes[k],
            " and out_modes[", k, "]=", out_modes[k], " need [D, ", in_modes[k], ", ",
            out_modes[k], ", D']");
     }

@@ -1,7 +1,6 @@
 // MPOLinear contraction kernels (see mpo.h); compiled once per instruction set (isa_begin.h).
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "mpo.h"
@@ -275,11 +274,9 @@ void mpo_forward(const MPOShape& s, const T* x, int64_t batch, const T* const* c
   const int64_t bc = chunk_samples<T>(s, batch);
   const int64_t chunks = (batch + bc - 1) / bc;
   const int64_t buf = s.max_intermediate * bc;
-  std::vector<std::unique_ptr<std::vector<T>>> buffers(
-      static_cast<size_t>(std::min<int64_t>(std::max(par.max_workers, 1), chunks)));
+  PerWorker<std::vector<T>> buffers(par, chunks);
   parallel_chunks(par, chunks, [&](int worker, int64_t chunk) {
-    if (!buffers[worker]) buffers[worker] = std::make_unique<std::vector<T>>(2 * buf);
-    T* a = buffers[worker]->data();
+    T* a = buffers.get(worker, static_cast<size_t>(2 * buf)).data();
     T* b = a + buf;
     const int64_t b0 = chunk * bc, valid = std::min(bc, batch - b0);
     load_transposed(x, s.in_features, b0, valid, bc, a);
@@ -311,11 +308,9 @@ void mpo_backward(const MPOShape& s, const T* x, int64_t batch, const T* const* 
   for (int64_t k = 0; k < K; ++k) t_offset[k + 1] = t_offset[k] + steps[k].in_size() * bc;
   const int64_t g_size = s.max_intermediate * bc;
   const int64_t total = t_offset[K] + s.out_features * bc + 2 * g_size;
-  std::vector<std::unique_ptr<std::vector<T>>> buffers(
-      static_cast<size_t>(std::min<int64_t>(std::max(par.max_workers, 1), groups)));
+  PerWorker<std::vector<T>> buffers(par, groups);
   parallel_chunks(par, groups, [&](int worker, int64_t group) {
-    if (!buffers[worker]) buffers[worker] = std::make_unique<std::vector<T>>(total);
-    T* base = buffers[worker]->data();
+    T* base = buffers.get(worker, static_cast<size_t>(total)).data();
     T* out = base + t_offset[K];
     T* g_a = out + s.out_features * bc;
     T* g_b = g_a + g_size;

@@ -15,7 +15,6 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -23,6 +22,7 @@
 
 #include "circuit.h"
 #include "kernel.h"
+#include "messages.h"
 #include "mpo.h"
 
 #if defined(_WIN32)
@@ -83,12 +83,6 @@ OrtStatus* guarded(const OrtApi* api, const std::string& where, F&& f) noexcept 
   } catch (...) {
     return api->CreateStatus(ORT_FAIL, (where + ": unknown error").c_str());
   }
-}
-
-std::string dims_str(const std::vector<int64_t>& dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
 }
 
 const char* type_name(ONNXTensorElementDataType t) {
@@ -237,10 +231,10 @@ qwthn::Parallel ort_parallel(const OrtApi* api, OrtKernelContext* ctx) {
 int64_t batch_of(const Tensor& x, const char* last_dim_name, int64_t last_dim) {
   if (x.dims.empty() || x.dims.back() != last_dim) {
     invalid("input 'x' must have shape [..., " + std::string(last_dim_name) + "=" +
-            std::to_string(last_dim) + "], got " + dims_str(x.dims));
+            std::to_string(last_dim) + "], got " + qwthn::dims_str(x.dims));
   }
   if (x.count == 0) {
-    invalid("input 'x' is empty (shape " + dims_str(x.dims) + "); pass at least one row");
+    invalid("input 'x' is empty (shape " + qwthn::dims_str(x.dims) + "); pass at least one row");
   }
   return x.count / last_dim;
 }
@@ -317,7 +311,7 @@ struct QuantumLayerKernel {
     const int64_t batch = batch_of(x, "n_inputs", circuit.n_inputs);
     if (w.dims.size() != 1 || w.dims[0] != circuit.n_weights) {
       invalid("input 'weights' must have shape [n_weights=" + std::to_string(circuit.n_weights) +
-              "], got " + dims_str(w.dims));
+              "], got " + qwthn::dims_str(w.dims));
     }
     T* y = static_cast<T*>(
         output(api, ctx, output_dims(x, static_cast<int64_t>(circuit.observables.size()))));

@@ -11,8 +11,10 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace qwthn {
@@ -30,6 +32,26 @@ struct Parallel {
     p.max_workers = std::max(p.max_workers, 1);
     return p;
   }
+};
+
+// Scratch state of type B for each worker of one parallel_chunks call, created on first use by
+// the worker that uses it (first touch: its pages land near that thread).
+template <typename B>
+class PerWorker {
+ public:
+  PerWorker(const Parallel& par, int64_t n_chunks)
+      : slots_(static_cast<size_t>(std::max<int64_t>(1, std::min<int64_t>(par.max_workers,
+                                                                          n_chunks)))) {}
+
+  template <typename... Args>
+  B& get(int worker, Args&&... args) {
+    std::unique_ptr<B>& slot = slots_[static_cast<size_t>(worker)];
+    if (!slot) slot = std::make_unique<B>(std::forward<Args>(args)...);
+    return *slot;
+  }
+
+ private:
+  std::vector<std::unique_ptr<B>> slots_;
 };
 
 // Runs body(worker, chunk) for every chunk in [0, n_chunks); chunks are handed out in order
