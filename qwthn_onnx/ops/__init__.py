@@ -1,4 +1,4 @@
-"""ONNX side of the ai.qwthn ops: schemas (kernels and fallback functions follow)."""
+"""The ai.qwthn ops: ONNX schemas, fallback functions, single-op models and torch custom ops."""
 
 from qwthn_onnx.ops.schemas import (
     DOMAIN,

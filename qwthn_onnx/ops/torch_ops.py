@@ -54,16 +54,18 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _check(x: torch.Tensor, weights: torch.Tensor) -> None:
-    if x.device.type != "cpu" or weights.device.type != "cpu":
-        raise CircuitError(
-            f"the C++ quantum kernel runs on CPU tensors, got {x.device}; use "
-            "quantum_backend='torch' for other devices"
-        )
+def _require_kernel(error: type[Exception], alternative: str, *tensors: torch.Tensor) -> None:
+    """The C++ kernels need CPU tensors and a built extension; ``alternative`` says what else
+    to use."""
+    devices = sorted({t.device.type for t in tensors} - {"cpu"})
+    if devices:
+        raise error(f"the C++ kernel runs on CPU tensors, got {devices[0]}; {alternative}")
     if not native.available():
-        raise CircuitError(
-            "the C++ kernel (qwthn_onnx._native) is not built; reinstall with a compiler"
-        )
+        raise error("the C++ kernel (qwthn_onnx._native) is not built; reinstall with a compiler")
+
+
+def _check(x: torch.Tensor, weights: torch.Tensor) -> None:
+    _require_kernel(CircuitError, "use quantum_backend='torch' on other devices", x, weights)
 
 
 def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -142,14 +144,7 @@ quantum_layer.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_mpo(x: torch.Tensor, cores: list[torch.Tensor]) -> None:
-    if any(t.device.type != "cpu" for t in (x, *cores)):
-        raise MPOError(
-            f"the C++ MPO kernel runs on CPU tensors, got {x.device}; use mpo_backend='torch'"
-        )
-    if not native.available():
-        raise MPOError(
-            "the C++ kernel (qwthn_onnx._native) is not built; reinstall with a compiler"
-        )
+    _require_kernel(MPOError, "call the MPOLinear module (PyTorch) on other devices", x, *cores)
 
 
 @torch.library.custom_op("qwthn::mpo_linear", mutates_args=())

@@ -9,39 +9,15 @@ from onnx import TensorProto, helper, numpy_helper
 from qwthn_onnx.mpo import MPOLinear
 from qwthn_onnx.ops import DOMAIN, register_schemas
 from qwthn_onnx.ops.fallback import mpo_linear_function
+from qwthn_onnx.ops.models import mpo_linear_model
 
 OPSET = 21
 
 
 def _mpo_model(mpo: MPOLinear, elem: int) -> onnx.ModelProto:
-    k = mpo.num_cores
-    cores = [f"core_{i}" for i in range(k)]
-    node = helper.make_node(
-        "MPOLinear",
-        ["x", *cores],
-        ["y"],
-        domain=DOMAIN,
-        in_modes=list(mpo.in_modes),
-        out_modes=list(mpo.out_modes),
-    )
-    np_dtype = helper.tensor_dtype_to_np_dtype(elem)
-    inits = [
-        numpy_helper.from_array(core.detach().numpy().astype(np_dtype), name)
-        for name, core in zip(cores, mpo.cores, strict=True)
-    ]
-    graph = helper.make_graph(
-        [node],
-        "mpo",
-        [helper.make_tensor_value_info("x", elem, ["batch", "seq", mpo.in_features])],
-        [helper.make_tensor_value_info("y", elem, ["batch", "seq", mpo.out_features])],
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-        functions=[mpo_linear_function(k, OPSET)],
-    )
-    return model
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    cores = [core.detach().numpy().astype(dtype) for core in mpo.cores]
+    return mpo_linear_model(cores, leading_dims=("batch", "seq"), opset=OPSET)
 
 
 @pytest.mark.parametrize(

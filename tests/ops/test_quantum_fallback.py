@@ -5,45 +5,28 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
 
 from qwthn_onnx.circuit import expectation_values, hardware_efficient_circuit, paper_circuit
-from qwthn_onnx.ops import DOMAIN, quantum_layer_attributes, register_schemas
+from qwthn_onnx.ops import register_schemas
+from qwthn_onnx.ops.models import quantum_layer_model
 from qwthn_onnx.ops.quantum_fallback import quantum_layer_function
 from tests.circuit.helpers import random_circuit
 
 OPSET = 21
 
 
-def _session(circuit, elem) -> ort.InferenceSession:
+def _session(circuit, dtype) -> ort.InferenceSession:
     register_schemas()
-    node = helper.make_node(
-        "QuantumLayer", ["x", "w"], ["y"], domain=DOMAIN, **quantum_layer_attributes(circuit)
-    )
-    graph = helper.make_graph(
-        [node],
-        "q",
-        [
-            helper.make_tensor_value_info("x", elem, ["batch", "seq", circuit.n_inputs]),
-            helper.make_tensor_value_info("w", elem, [circuit.n_weights]),
-        ],
-        [helper.make_tensor_value_info("y", elem, ["batch", "seq", circuit.n_observables])],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-        functions=[quantum_layer_function(circuit, OPSET)],
-    )
+    model = quantum_layer_model(circuit, dtype=dtype, leading_dims=("batch", "seq"), opset=OPSET)
     onnx.checker.check_model(model, full_check=True)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _compare(circuit, dtype, shape=(2, 3), tol=1e-10):
-    elem = TensorProto.DOUBLE if dtype == torch.float64 else TensorProto.FLOAT
-    session = _session(circuit, elem)
+    session = _session(circuit, np.float64 if dtype == torch.float64 else np.float32)
     x = torch.rand(*shape, max(circuit.n_inputs, 1), dtype=torch.float64)[..., : circuit.n_inputs]
     w = torch.rand(circuit.n_weights, dtype=torch.float64) * 2
-    (y,) = session.run(None, {"x": x.to(dtype).numpy(), "w": w.to(dtype).numpy()})
+    (y,) = session.run(None, {"x": x.to(dtype).numpy(), "weights": w.to(dtype).numpy()})
     expected = expectation_values(circuit, x, w).numpy()
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, atol=tol, rtol=0)

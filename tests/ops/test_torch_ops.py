@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from qwthn_onnx import QWTHNConfig, QWTHNModel
-from qwthn_onnx.circuit import expectation_values, paper_circuit
+from qwthn_onnx.circuit import CircuitError, expectation_values, paper_circuit
+from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 from tests.circuit.helpers import random_circuit
 
@@ -53,3 +54,13 @@ def test_adapter_with_the_kernel_trains_like_the_torch_backend(tiny_model, batch
         torch.testing.assert_close(grads["cpp"][key], g, rtol=1e-3, atol=1e-6)
     layer = next(iter(models["cpp"].adapter_layers().values()))
     assert layer.qwthn.qnn._use_kernel(torch.zeros(1))
+
+
+def test_kernel_ops_refuse_tensors_off_the_cpu_and_say_what_to_use():
+    from qwthn_onnx.ops.torch_ops import _check, _check_mpo
+
+    cpu, meta = torch.empty(1), torch.empty(1, device="meta")
+    with pytest.raises(CircuitError, match=r"got meta; use quantum_backend='torch'"):
+        _check(cpu, meta)
+    with pytest.raises(MPOError, match=r"got meta; call the MPOLinear module"):
+        _check_mpo(cpu, [cpu, meta])
