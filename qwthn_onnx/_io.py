@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = [
+    "atomic_directory",
+    "atomic_path",
+    "atomic_write_text",
+    "tokenizer_from_files",
+    "tokenizer_to_files",
+]
 
 
 @contextlib.contextmanager
@@ -36,3 +44,75 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _partial_name(path: Path) -> str:
+    return f".{path.name}.partial-{os.getpid()}-"
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Remove temporary directories left by killed runs (their process is gone)."""
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        pid = stale.name.rsplit("-", 2)[-2]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
+
+    A previous ``path`` is moved aside and deleted only once the new directory is in place; on
+    any exception the temporary directory is removed and ``path`` is left as it was. Leftovers
+    of a killed process (``.<name>.partial-<pid>-*``) are removed by the next call.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_name(path), dir=path.parent))
+    try:
+        yield tmp
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        aside = Path(tempfile.mkdtemp(prefix=_partial_name(path), dir=path.parent))
+        os.replace(path, aside / "previous")
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(aside / "previous", path)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def tokenizer_to_files(tokenizer: Any) -> dict[str, str | bytes]:
+    """The files ``tokenizer.save_pretrained`` writes: text as str, anything else as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        files: dict[str, str | bytes] = {}
+        for path in sorted(Path(tmp).iterdir()):
+            data = path.read_bytes()
+            try:
+                files[path.name] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                files[path.name] = data
+        return files
+
+
+def tokenizer_from_files(files: Mapping[str, str | bytes]) -> Any:
+    """A transformers tokenizer from :func:`tokenizer_to_files` output (names must be plain)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise ValueError(f"tokenizer file name {name!r} is not a plain file name")
+            target = Path(tmp) / name
+            if isinstance(content, str):
+                target.write_text(content)
+            else:
+                target.write_bytes(content)
+        return AutoTokenizer.from_pretrained(tmp)

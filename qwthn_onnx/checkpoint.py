@@ -28,7 +28,7 @@ import transformers
 from torch import nn
 
 from qwthn_onnx import __version__
-from qwthn_onnx._io import atomic_path
+from qwthn_onnx._io import atomic_path, tokenizer_from_files, tokenizer_to_files
 from qwthn_onnx.adapter import QWTHNConfig, QWTHNModel
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LoadedModel",
     "ModelFileError",
+    "check_output_file",
     "load_model_pt",
     "read_model_pt",
     "save_model_pt",
@@ -67,16 +68,13 @@ def _reference_files(directory: Path) -> dict[str, int]:
 
 
 def _tokenizer_files(tokenizer: Any) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        files: dict[str, Any] = {}
-        for path in sorted(Path(tmp).iterdir()):
-            data = path.read_bytes()
-            try:
-                files[path.name] = data.decode("utf-8")
-            except UnicodeDecodeError:
-                files[path.name] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return files
+    """Tokenizer files as plain data: text as str, binary as a uint8 tensor (weights_only-safe)."""
+    return {
+        name: content
+        if isinstance(content, str)
+        else torch.frombuffer(bytearray(content), dtype=torch.uint8)
+        for name, content in tokenizer_to_files(tokenizer).items()
+    }
 
 
 def _plain(value: Any, what: str) -> Any:
@@ -133,6 +131,19 @@ def save_model_pt(
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def check_output_file(path: str | Path) -> None:
+    """Fail before any work if ``path`` cannot be written (a directory, or no permission)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"output {path} is a directory; give a file path like model.pt")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise ModelFileError(f"output {path} is not writable: {e.strerror}") from e
 
 
 def _require(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -219,18 +230,12 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
 
 
 def _build_tokenizer(files: dict[str, Any]) -> Any:
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, content in files.items():
-            if Path(name).name != name:
-                raise ModelFileError(f"tokenizer file name {name!r} is not a plain file name")
-            target = Path(tmp) / name
-            if isinstance(content, str):
-                target.write_text(content)
-            else:
-                target.write_bytes(content.numpy().tobytes())
-        return AutoTokenizer.from_pretrained(tmp)
+    try:
+        return tokenizer_from_files(
+            {k: v if isinstance(v, str) else v.numpy().tobytes() for k, v in files.items()}
+        )
+    except ValueError as e:
+        raise ModelFileError(str(e)) from e
 
 
 def load_model_pt(path: str | Path) -> LoadedModel:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from qwthn_onnx.adapter import (
     default_target_modules,
     find_target_modules,
 )
-from qwthn_onnx.checkpoint import ModelFileError, save_model_pt
+from qwthn_onnx.checkpoint import ModelFileError, check_output_file, save_model_pt
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.data import DataError, load_examples, tokenize_examples
 from qwthn_onnx.demo import (
@@ -125,18 +124,6 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _check_output(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be written (a directory, or no permission)."""
-    if path.is_dir():
-        raise DataError(f"--output {path} is a directory; give a file path like model.pt")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as e:
-        raise DataError(f"--output {path} is not writable: {e.strerror}") from e
-
-
 def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, training: dict):
     """Tiny base pre-trained on addition; returns (base, tokenizer, examples, held-out test)."""
     tokenizer = build_char_tokenizer()
@@ -167,7 +154,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     demo = args.model is None
     training: dict[str, Any] = {"seed": args.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     # Every check that can fail on the user's input runs before any work.
-    _check_output(args.output)
+    check_output_file(args.output)
     if demo and args.base_weights == "reference":
         raise ConfigError("--base-weights reference needs --model DIR (the demo base has none)")
     if not demo and args.data is None:

@@ -1,0 +1,304 @@
+"""``model.pt`` -> an export directory, written atomically and verified before it appears.
+
+Directory layout::
+
+    model.onnx          the graph (ai.qwthn nodes, fallback functions, KV-cache I/O, metadata)
+    model.onnx.data     its weights, when they are stored as external data
+    config.json         the base model's transformers config
+    tokenizer files     as the tokenizer saved them (tokenizer.json, tokenizer_config.json, ...)
+    manifest.json       what was exported, from what, with which versions and options
+    verify.json         onnxruntime (kernels, fallback) vs PyTorch errors per output
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+import onnxscript
+import torch
+import transformers
+
+from exporters.onnx_export import (
+    DEFAULT_OPSET,
+    DTYPES,
+    ExportError,
+    check_architecture,
+    check_opset,
+    export_graph,
+)
+from exporters.verify import VerifyReport, verify_export
+from qwthn_onnx import __version__
+from qwthn_onnx._io import atomic_directory, tokenizer_to_files
+from qwthn_onnx.checkpoint import LoadedModel, load_model_pt, read_model_pt
+from qwthn_onnx.ops.schemas import register_schemas
+from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
+from qwthn_onnx.runtime.metadata import ExportMetadata, encode_files
+
+__all__ = ["MANIFEST_NAME", "ExportOptions", "ExportResult", "export_model"]
+
+MANIFEST_NAME = "manifest.json"
+VERIFY_NAME = "verify.json"
+MODEL_NAME = "model.onnx"
+# Default verification tolerances per export dtype: float32 as Optimum's order of magnitude;
+# float16 rounds logits of size ~10 to steps of 0.008 (torch and onnxruntime round differently).
+TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (5e-2, 2e-2)}
+# Protobuf caps a file at 2 GiB; above this the weights go to model.onnx.data.
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Choices of one export (the CLI flags of ``qwthn-export``)."""
+
+    opset: int = DEFAULT_OPSET
+    fallback: bool = True
+    dtype: str = "float32"
+    verify: bool = True
+    atol: float | None = None  # None: the dtype's default (TOLERANCES)
+    rtol: float | None = None
+    external_data: bool | None = None  # None: only when the weights exceed 1 GiB
+
+    def validate(self) -> None:
+        check_opset(self.opset)
+        if self.dtype not in DTYPES:
+            raise ExportError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:  # also rejects NaN
+                raise ExportError(f"{name} must be >= 0, got {value}")
+
+    def tolerances(self) -> tuple[float, float]:
+        """``(atol, rtol)``: the given ones, else the dtype's defaults."""
+        atol, rtol = TOLERANCES[self.dtype]
+        return (
+            atol if self.atol is None else self.atol,
+            rtol if self.rtol is None else self.rtol,
+        )
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    files: dict[str, int]  # name -> bytes
+    adapted_layers: list[str]
+    verification: VerifyReport | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail before any work when ``path`` cannot become the export directory."""
+    if path.exists() and not path.is_dir():
+        raise ExportError(f"output {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST_NAME).is_file():
+        raise ExportError(
+            f"output {path} is a non-empty directory that is not a qwthn-export output; "
+            f"choose a new -o (an earlier export there would be replaced, other files never)"
+        )
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=parent):
+            pass
+    except OSError as e:
+        raise ExportError(f"output {path} is not writable: {e.strerror or e}") from e
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "qwthn_onnx": __version__,
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _metadata(loaded: LoadedModel, payload: dict[str, Any], dtype: str) -> ExportMetadata:
+    model = loaded.model
+    return ExportMetadata(
+        producer={"name": "qwthn-onnx", **{k: str(v) for k, v in _versions().items()}},
+        base_model={
+            "architecture": payload["base_model"]["architecture"],
+            "config_json": model.config.to_json_string(use_diff=False),
+            "dtype": dtype,
+        },
+        adapter_config=model.qwthn_config.to_dict(),
+        circuits={
+            name: layer.qwthn.qnn.circuit.to_dict()
+            for name, layer in model.adapter_layers().items()
+        },
+        cache={},
+        weights={},
+        tokenizer=None,
+        training=payload.get("training") or {},
+    )
+
+
+def _cast_base(loaded: LoadedModel, dtype: str) -> None:
+    """Base weights to ``dtype``; the adapters stay float32 (the QNN needs it)."""
+    target = DTYPES[dtype]
+    for name, p in loaded.model.base_model.named_parameters():
+        if ".qwthn." not in name and p.is_floating_point():
+            p.data = p.data.to(target)
+    for name, b in loaded.model.base_model.named_buffers():
+        if ".qwthn." not in name and b.is_floating_point() and b.dtype != torch.float32:
+            b.data = b.data.to(target)
+
+
+def _save_onnx(model: onnx.ModelProto, directory: Path, external: bool | None) -> None:
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if external is None:
+        external = size > EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(
+        model,
+        str(directory / MODEL_NAME),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=MODEL_NAME + ".data",
+        size_threshold=1024,
+    )
+
+
+def _runtimes(fallback: bool) -> list[str]:
+    runtimes = []
+    try:
+        get_library_path()
+        runtimes.append("kernels")
+    except LibraryNotFoundError as e:
+        warnings.warn(f"verifying without the ai.qwthn kernels: {e}", stacklevel=3)
+    if fallback:
+        runtimes.append("fallback")
+    if not runtimes:
+        raise ExportError(
+            "nothing can run the exported model: the kernel library is not built and "
+            "--no-fallback was given; drop --no-fallback or --no-verify"
+        )
+    return runtimes
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str, progress: Callable[[str], None]) -> Iterator[None]:
+    progress(step)
+    start = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - start
+
+
+def export_model(
+    model_pt: str | Path,
+    output_dir: str | Path,
+    options: ExportOptions | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> ExportResult:
+    """Export ``model_pt`` to ``output_dir`` (created or replaced atomically).
+
+    Raises ExportError (or ModelFileError for a bad model.pt) with a message naming the problem;
+    a failed verification raises ExportError naming the diverging output, and nothing is
+    written. ``progress`` is called with the name of each step as it starts.
+    """
+    options = options or ExportOptions()
+    options.validate()
+    model_pt, output_dir = Path(model_pt), Path(output_dir)
+    check_output_dir(output_dir)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "load model.pt", progress):
+        payload = read_model_pt(model_pt)
+        check_architecture(payload["base_model"]["architecture"])
+        loaded = load_model_pt(model_pt)
+        if options.dtype != "float32":
+            _cast_base(loaded, options.dtype)
+        metadata = _metadata(loaded, payload, options.dtype)
+        tokenizer_files = (
+            tokenizer_to_files(loaded.tokenizer) if loaded.tokenizer is not None else None
+        )
+        metadata.tokenizer = encode_files(tokenizer_files) if tokenizer_files else None
+    runtimes = _runtimes(options.fallback) if options.verify else []
+    with _timed(seconds, "export to ONNX", progress):
+        exported = export_graph(loaded.model, metadata, options.opset, options.fallback)
+    with atomic_directory(output_dir) as tmp:
+        with _timed(seconds, "write and check", progress):
+            _save_onnx(exported.model, tmp, options.external_data)
+            register_schemas()
+            onnx.checker.check_model(str(tmp / MODEL_NAME), full_check=True)
+            (tmp / "config.json").write_text(loaded.model.config.to_json_string(use_diff=False))
+            for name, content in (tokenizer_files or {}).items():
+                if isinstance(content, str):
+                    (tmp / name).write_text(content)
+                else:
+                    (tmp / name).write_bytes(content)
+        report = None
+        if options.verify:
+            with _timed(seconds, "verify", progress):
+                report = verify_export(
+                    tmp / MODEL_NAME,
+                    exported.module,
+                    exported.geometry,
+                    exported.vocab_size,
+                    *options.tolerances(),
+                    runtimes,
+                )
+            (tmp / VERIFY_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            if not report.passed:
+                bad = report.failures()[0]
+                raise ExportError(
+                    f"verification failed: output {bad.output} ({bad.runtime}, {bad.case}) "
+                    f"differs from PyTorch by {bad.max_abs_error:.3g} (atol {report.atol}, "
+                    f"rtol {report.rtol}); {len(report.failures())} checks failed. Nothing was "
+                    f"written; loosen --atol/--rtol or use --no-verify to keep the export"
+                )
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.name != MANIFEST_NAME}
+        manifest = {
+            "format": "qwthn-onnx/export",
+            "format_version": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": {
+                "path": str(model_pt.resolve()),
+                "sha256": _sha256(model_pt),
+                "producer": loaded.producer,
+            },
+            "model": {
+                "architecture": metadata.base_model["architecture"],
+                "adapted_layers": list(metadata.circuits),
+                "cache": metadata.cache,
+                "inputs": exported.geometry.input_names(),
+                "outputs": exported.geometry.output_names(),
+            },
+            "options": dataclasses.asdict(options),
+            "versions": _versions(),
+            "verification": None
+            if report is None
+            else {"passed": report.passed, "runtimes": report.runtimes, "file": VERIFY_NAME},
+            "files": {
+                name: {"bytes": n, "sha256": _sha256(tmp / name)} for name, n in files.items()
+            },
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        files[MANIFEST_NAME] = (tmp / MANIFEST_NAME).stat().st_size
+    return ExportResult(
+        directory=output_dir,
+        files=files,
+        adapted_layers=list(metadata.circuits),
+        verification=report,
+        seconds=seconds,
+    )

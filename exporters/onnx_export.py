@@ -1,0 +1,228 @@
+"""A QWTHN-adapted causal LM -> one ONNX graph with ``ai.qwthn`` nodes, fallbacks and metadata.
+
+Export runs ``torch.onnx.export(dynamo=True)`` on :class:`CausalLMWithCache` with the adapters
+switched to the PyTorch custom ops, translated to ``QuantumLayer`` / ``MPOLinear`` nodes. Then:
+symbolic dims get the conventional names, the fallback functions are attached (standard-op
+bodies, so plain onnxruntime runs the file), and ``metadata_props`` record what the way back
+needs. Nothing here touches the filesystem; :mod:`exporters.export` writes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from exporters.causal_lm import (
+    SUPPORTED_ARCHITECTURES,
+    CacheGeometry,
+    CausalLMWithCache,
+    sample_inputs,
+)
+from exporters.custom_ops import kernel_ops_for_export, translation_table
+from qwthn_onnx.adapter import QWTHNModel
+from qwthn_onnx.ops.fallback import attach_fallbacks
+from qwthn_onnx.runtime.metadata import ExportMetadata
+from qwthn_onnx.runtime.signature import ATTENTION_MASK, LOGITS
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "DTYPES",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "ExportError",
+    "ExportedGraph",
+    "check_architecture",
+    "export_graph",
+]
+
+MIN_OPSET = 18  # the dynamo exporter's lowest (torchlib is written against opset 18)
+MAX_OPSET = 23  # the highest this onnxruntime and onnxscript both run; see tests/exporters
+DEFAULT_OPSET = 18
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+# Symbolic dims as the runtime conventions name them (see qwthn_onnx.runtime.signature).
+_BATCH, _SEQUENCE, _PAST = "batch", "sequence_length", "past_sequence_length"
+_TOTAL = "total_sequence_length"
+
+
+class ExportError(ValueError):
+    """A model or option the exporter cannot handle; the message says what to change."""
+
+
+@dataclass
+class ExportedGraph:
+    """The exported ``model`` and what verification needs to rerun the PyTorch side."""
+
+    model: onnx.ModelProto
+    module: CausalLMWithCache
+    geometry: CacheGeometry
+    vocab_size: int
+
+
+def check_architecture(architecture: str) -> None:
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ExportError(
+            f"architecture {architecture} is not supported by qwthn-export; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+
+
+def check_opset(opset: int) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(
+            f"opset {opset!r} is out of range: qwthn-export writes opsets {MIN_OPSET}..{MAX_OPSET}"
+        )
+
+
+def _dynamic_shapes(geometry: CacheGeometry) -> tuple[Any, ...]:
+    """Batch, new and past lengths are free; the mask's length is left to torch.export, which
+    finds it equal to past + new."""
+    dim = torch.export.Dim
+    batch, sequence, past = dim(_BATCH), dim(_SEQUENCE), dim(_PAST, min=0)
+    tokens = {0: batch, 1: sequence}
+    mask = {0: batch, 1: dim.DYNAMIC}
+    cache = {0: batch, 2: past}
+    return (tokens, mask, tokens, tuple([cache] * (2 * geometry.num_layers)))
+
+
+def _set_dims(value: onnx.ValueInfoProto, names: dict[int, str]) -> None:
+    dims = value.type.tensor_type.shape.dim
+    for axis, name in names.items():
+        dims[axis].Clear()
+        dims[axis].dim_param = name
+
+
+def _name_dims(model: onnx.ModelProto) -> None:
+    """Give inputs and outputs the conventional symbolic dims (torch.export writes a derived
+    length as ``past_sequence_length + sequence_length``); drop intermediate shapes, which
+    onnxruntime infers itself."""
+    for value in model.graph.input:
+        if value.name == ATTENTION_MASK:
+            _set_dims(value, {0: _BATCH, 1: _TOTAL})
+    for value in model.graph.output:
+        if value.name == LOGITS:
+            _set_dims(value, {0: _BATCH, 1: _SEQUENCE})
+        else:
+            _set_dims(value, {0: _BATCH, 2: _TOTAL})
+    del model.graph.value_info[:]
+
+
+def _weights_map(module: CausalLMWithCache, model: onnx.ModelProto) -> dict[str, str]:
+    """State-dict key of the adapted model -> initializer name, for every weight in the graph.
+
+    A tensor shared by several keys (tied embeddings) is one initializer under one of its
+    names. A parameter that is in no initializer would make the file impossible to import,
+    so it is an error; an unused buffer is skipped (the importer rebuilds it from the config).
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    aliases: dict[int, set[str]] = {}
+    for name, tensor in [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]:
+        aliases.setdefault(id(tensor), set()).add(name)
+    parameters = {id(p) for p in module.parameters()}
+    out: dict[str, str] = {}
+    for key, tensor in module.model.state_dict(keep_vars=True).items():
+        found = sorted(aliases.get(id(tensor), set()) & initializers)
+        if found:
+            out[key] = found[0]
+        elif id(tensor) in parameters:
+            raise ExportError(
+                f"weight {key} is not an initializer of the exported graph, so the file could "
+                f"not be imported back; please report this with the model's architecture"
+            )
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx_logs() -> Iterator[None]:
+    """torch.onnx logs a warning per optional library it does not find (torchvision ops)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _strip_doc_strings(model: onnx.ModelProto) -> None:
+    """The exporter writes Python stack traces into node doc strings; they hold local paths."""
+    for node in model.graph.node:
+        node.doc_string = ""
+
+
+def export_graph(
+    model: QWTHNModel,
+    metadata: ExportMetadata,
+    opset: int = DEFAULT_OPSET,
+    fallback: bool = True,
+) -> ExportedGraph:
+    """Export ``model`` (adapted, eval mode) to an ONNX ``ModelProto`` with KV-cache I/O.
+
+    ``metadata`` is completed (cache geometry, weights map) and attached.
+    """
+    check_opset(opset)
+    base: nn.Module = model.base_model
+    check_architecture(type(base).__name__)
+    base.eval()
+    geometry = CacheGeometry.probe(base)
+    module = CausalLMWithCache(base, geometry).eval()
+    dtype = next(p.dtype for n, p in base.named_parameters() if ".qwthn." not in n)
+    vocab = base.get_output_embeddings().weight.shape[0]
+    # Distinct sizes, none 0 or 1: torch.export specialises those and merges equal ones.
+    example = sample_inputs(geometry, batch=2, sequence=3, past=5, vocab_size=vocab, dtype=dtype)
+    with (
+        kernel_ops_for_export(base),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        _quiet_torch_onnx_logs(),
+    ):
+        warnings.simplefilter("ignore", (FutureWarning, UserWarning, DeprecationWarning))
+        try:
+            program = torch.onnx.export(
+                module,
+                tuple(example.values()),
+                dynamo=True,
+                input_names=geometry.input_names(),
+                output_names=geometry.output_names(),
+                dynamic_shapes=_dynamic_shapes(geometry),
+                custom_translation_table=translation_table(),
+                opset_version=opset,
+                optimize=False,  # keeps weights under their names, untransposed
+                verbose=False,
+                report=False,
+            )
+        except Exception as e:  # torch.onnx raises its own error types, and others from export
+            raise ExportError(
+                f"torch.onnx.export failed for {type(base).__name__}: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+    proto = program.model_proto
+    _name_dims(proto)
+    _strip_doc_strings(proto)
+    if fallback:
+        attach_fallbacks(proto)
+    else:
+        proto.ir_version = max(proto.ir_version, 10)
+        if not any(o.domain == "ai.qwthn" for o in proto.opset_import):
+            proto.opset_import.add(domain="ai.qwthn", version=1)
+    metadata.cache = {
+        "num_layers": geometry.num_layers,
+        "num_kv_heads": geometry.num_kv_heads,
+        "head_dim": geometry.head_dim,
+    }
+    metadata.weights = _weights_map(module, proto)
+    metadata.attach(proto)
+    proto.producer_name = "qwthn-onnx"
+    proto.producer_version = metadata.producer.get("version", "")
+    return ExportedGraph(model=proto, module=module, geometry=geometry, vocab_size=vocab)

@@ -1,0 +1,88 @@
+"""``qwthn-run``: generate text with an exported model in onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from qwthn_onnx import __version__
+from qwthn_onnx.runtime.generation import GenerationError
+from qwthn_onnx.runtime.library import LibraryNotFoundError
+from qwthn_onnx.runtime.metadata import MetadataError
+from qwthn_onnx.runtime.session import QWTHNSession
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwthn-run",
+        description="Generate text with a qwthn-export output in onnxruntime (KV cache; the "
+        "ai.qwthn kernels when the library is available, else the fallback functions).",
+    )
+    p.add_argument("model", type=Path, help="export directory or model.onnx")
+    p.add_argument("-p", "--prompt", action="append", required=True, help="repeat for a batch")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=32)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1: off")
+    p.add_argument("--seed", type=int, help="seed of the sampler (reproducible output)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="use the ai.qwthn library: auto (fallbacks with a warning when missing), on, off",
+    )
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the generated text only")
+    p.add_argument("--version", action="version", version=f"qwthn-onnx {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kernels = {"auto": "auto", "on": True, "off": False}[args.kernels]
+    try:
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            session = QWTHNSession(args.model, kernels=kernels, threads=args.threads)
+        start = time.perf_counter()
+        results = session.generate(
+            args.prompt,
+            args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=args.stop,
+        )
+        seconds = time.perf_counter() - start
+    except (
+        FileNotFoundError,
+        GenerationError,
+        LibraryNotFoundError,
+        MetadataError,
+        RuntimeError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for prompt, result in zip(args.prompt, results, strict=True):
+        print(result.text if args.quiet else f"{prompt}{result.text}")
+    if not args.quiet:
+        tokens = sum(len(r.token_ids) for r in results)
+        runtime = "kernels" if session.kernels else "fallback functions"
+        print(
+            f"[{tokens} tokens in {seconds:.2f} s, {tokens / max(seconds, 1e-9):.1f} tokens/s, "
+            f"onnxruntime with {runtime}; finish: {', '.join(r.finish_reason for r in results)}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
