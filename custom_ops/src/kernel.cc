@@ -6,6 +6,7 @@
 #include <complex>
 #include <cstring>
 #include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include "isa_begin.h"
@@ -737,17 +738,12 @@ void run_tile(const Plan<T, W>& plan, const T* inputs, int64_t batch, int64_t b0
 }
 
 template <typename T>
-void check_args(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
-                const T* weights, int64_t n_weights_given) {
+void check_inputs(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols) {
   if (batch < 1) throw CircuitError("inputs: the batch is empty (batch size " +
                                     std::to_string(batch) + "); pass at least one sample");
   if (n_in_cols != c.n_inputs) {
     throw CircuitError("inputs must have shape [batch, n_inputs=" + std::to_string(c.n_inputs) +
                        "], got " + std::to_string(n_in_cols) + " columns");
-  }
-  if (n_weights_given != c.n_weights) {
-    throw CircuitError("weights must have shape [n_weights=" + std::to_string(c.n_weights) +
-                       "], got " + std::to_string(n_weights_given) + " values");
   }
   for (int64_t i = 0; i < batch * n_in_cols; ++i) {
     if (!std::isfinite(inputs[i])) {
@@ -756,6 +752,14 @@ void check_args(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t
          << ", column " << i % n_in_cols << ")";
       throw CircuitError(os.str());
     }
+  }
+}
+
+template <typename T>
+void check_weights(const DecodedCircuit& c, const T* weights, int64_t n_weights_given) {
+  if (n_weights_given != c.n_weights) {
+    throw CircuitError("weights must have shape [n_weights=" + std::to_string(c.n_weights) +
+                       "], got " + std::to_string(n_weights_given) + " values");
   }
   for (int64_t i = 0; i < n_weights_given; ++i) {
     if (!std::isfinite(weights[i])) {
@@ -766,17 +770,21 @@ void check_args(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t
   }
 }
 
+template <typename T>
+void check_args(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
+                const T* weights, int64_t n_weights_given) {
+  check_inputs(c, inputs, batch, n_in_cols);
+  check_weights(c, weights, n_weights_given);
+}
+
 constexpr int64_t kTilesPerChunk = 4;  // unit of work per thread; fixed so results do not
                                        // depend on the thread count
 
-}  // namespace
-
 template <typename T>
-void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
-             const T* weights, int64_t n_weights_given, T* out, const Parallel& par) {
+void run_forward(const Plan<T, lanes<T>()>& plan, const T* inputs, int64_t batch, T* out,
+                 const Parallel& par) {
   constexpr int W = lanes<T>();
-  check_args(c, inputs, batch, n_in_cols, weights, n_weights_given);
-  const Plan<T, W> plan(c, weights);
+  const DecodedCircuit& c = *plan.c;
   const int64_t tiles = (batch + W - 1) / W;
   const int64_t chunks = (tiles + kTilesPerChunk - 1) / kTilesPerChunk;
   const size_t n_obs = c.observables.size();
@@ -796,6 +804,53 @@ void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_
       }
     }
   });
+}
+
+// This build's PreparedCircuit: a copy of the circuit and its plan for one set of weights.
+template <typename P>
+class Prepared final : public PreparedCircuit {
+ public:
+  template <typename T>
+  Prepared(const DecodedCircuit& c, const T* weights) : circuit_(c), plan_(circuit_, weights) {}
+
+  void forward(const float* inputs, int64_t batch, int64_t n_in_cols, float* out,
+               const Parallel& par) const override {
+    run<float>(inputs, batch, n_in_cols, out, par);
+  }
+  void forward(const double* inputs, int64_t batch, int64_t n_in_cols, double* out,
+               const Parallel& par) const override {
+    run<double>(inputs, batch, n_in_cols, out, par);
+  }
+
+ private:
+  template <typename T>
+  void run(const T* inputs, int64_t batch, int64_t n_in_cols, T* out, const Parallel& par) const {
+    if constexpr (std::is_same_v<P, Plan<T, lanes<T>()>>) {
+      check_inputs(circuit_, inputs, batch, n_in_cols);
+      run_forward(plan_, inputs, batch, out, par);
+    } else {
+      throw CircuitError("prepared circuit used with another dtype than it was prepared for");
+    }
+  }
+
+  DecodedCircuit circuit_;  // before plan_, which points into it
+  P plan_;
+};
+
+}  // namespace
+
+template <typename T>
+void forward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n_in_cols,
+             const T* weights, int64_t n_weights_given, T* out, const Parallel& par) {
+  check_args(c, inputs, batch, n_in_cols, weights, n_weights_given);
+  run_forward(Plan<T, lanes<T>()>(c, weights), inputs, batch, out, par);
+}
+
+template <typename T>
+std::shared_ptr<const PreparedCircuit> prepare(const DecodedCircuit& c, const T* weights,
+                                               int64_t n_weights_given) {
+  check_weights(c, weights, n_weights_given);
+  return std::make_shared<const Prepared<Plan<T, lanes<T>()>>>(c, weights);
 }
 
 template <typename T>

@@ -71,6 +71,15 @@ void backward(const DecodedCircuit& c, const T* inputs, int64_t batch, int64_t n
                         grad_inputs, grad_weights, par);
 }
 
+template <typename T>
+std::shared_ptr<const PreparedCircuit> prepare(const DecodedCircuit& c, const T* weights,
+                                               int64_t n_weights_given) {
+#if defined(QWTHN_HAVE_AVX2)
+  if (selected().load() == 1) return avx2::prepare<T>(c, weights, n_weights_given);
+#endif
+  return baseline::prepare<T>(c, weights, n_weights_given);
+}
+
 QWTHN_KERNEL_INSTANTIATIONS(float)
 QWTHN_KERNEL_INSTANTIATIONS(double)
 

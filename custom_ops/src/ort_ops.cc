@@ -266,6 +266,33 @@ struct QuantumLayerKernel {
   std::string label;
   qwthn::DecodedCircuit circuit;
 
+  // The circuit prepared for the last weights seen. Weights are usually an initializer, so
+  // every run after the first skips building the weight tables (0.4 ms at n = 10, L = 10, more
+  // than simulating a decode step's token). Shared by concurrent runs; the key is the weights'
+  // bytes, their type and the instruction set, so a change of any of them rebuilds it.
+  struct Prepared {
+    std::mutex mutex;
+    std::vector<char> key;
+    std::shared_ptr<const qwthn::PreparedCircuit> circuit;
+  } prepared;
+
+  template <typename T>
+  std::shared_ptr<const qwthn::PreparedCircuit> prepared_for(const T* weights) {
+    const char* bytes = reinterpret_cast<const char*>(weights);
+    std::vector<char> key(bytes, bytes + circuit.n_weights * sizeof(T));
+    key.push_back(static_cast<char>(sizeof(T)));
+    key.push_back(static_cast<char>(qwthn::avx2_active()));
+    {
+      std::lock_guard<std::mutex> lock(prepared.mutex);
+      if (prepared.circuit && prepared.key == key) return prepared.circuit;
+    }
+    auto fresh = qwthn::prepare<T>(circuit, weights, circuit.n_weights);
+    std::lock_guard<std::mutex> lock(prepared.mutex);
+    prepared.key = std::move(key);
+    prepared.circuit = fresh;
+    return fresh;
+  }
+
   QuantumLayerKernel(const OrtApi* api, const OrtKernelInfo* info)
       : label(node_label(api, info, "QuantumLayer")) {}
 
@@ -315,9 +342,9 @@ struct QuantumLayerKernel {
     }
     T* y = static_cast<T*>(
         output(api, ctx, output_dims(x, static_cast<int64_t>(circuit.observables.size()))));
-    qwthn::forward<T>(circuit, static_cast<const T*>(x.data), batch, circuit.n_inputs,
-                      static_cast<const T*>(w.data), circuit.n_weights, y,
-                      ort_parallel(api, ctx));
+    prepared_for(static_cast<const T*>(w.data))
+        ->forward(static_cast<const T*>(x.data), batch, circuit.n_inputs, y,
+                  ort_parallel(api, ctx));
   }
 
   void compute(const OrtApi* api, OrtKernelContext* ctx) {

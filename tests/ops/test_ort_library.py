@@ -178,6 +178,37 @@ def test_concurrent_runs_on_one_session_are_correct():
         np.testing.assert_allclose(y, _quantum_reference(circuit, x, w), atol=1e-5)
 
 
+def test_weights_that_change_between_runs_are_never_served_stale():
+    """The kernel keeps the circuit prepared for the last weights; new weights (from several
+    threads at once, in both dtypes) must each give their own answer."""
+    circuit = paper_circuit(4, 2)
+    x, _ = _circuit_data(circuit, (9,), np.float64)
+    sessions = {
+        dtype: _session(quantum_layer_model(circuit, dtype=dtype, fallback=False), threads=1)
+        for dtype in (np.float32, np.float64)
+    }
+    cases = [
+        (dtype, _circuit_data(circuit, (1,), dtype, seed=i)[1])
+        for i in range(12)
+        for dtype in (np.float32, np.float64)
+    ]
+    cases += cases[:4]  # back to weights seen before
+
+    def run(case):
+        dtype, w = case
+        return sessions[dtype].run(None, {"x": x.astype(dtype), "weights": w})[0]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outputs = list(pool.map(run, cases))
+    for (dtype, w), y in zip(cases, outputs, strict=True):
+        reference = _quantum_reference(circuit, x.astype(dtype), w)
+        np.testing.assert_allclose(y, reference, atol=1e-5 if dtype == np.float32 else 1e-12)
+    with pytest.raises(Exception, match=r"weights contain a non-finite value \(nan at index 3\)"):
+        bad = cases[0][1].copy()
+        bad[3] = np.nan
+        sessions[np.float32].run(None, {"x": x.astype(np.float32), "weights": bad})
+
+
 def _set_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
     node = model.graph.node[0]
     kept = [a for a in node.attribute if a.name != name]
