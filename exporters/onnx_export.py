@@ -29,6 +29,7 @@ from exporters.causal_lm import (
 from exporters.custom_ops import kernel_ops_for_export, translation_table
 from qwthn_onnx.adapter import QWTHNModel
 from qwthn_onnx.ops.fallback import attach_fallbacks
+from qwthn_onnx.ops.schemas import DOMAIN, OPSET_VERSION
 from qwthn_onnx.runtime.metadata import ExportMetadata
 from qwthn_onnx.runtime.signature import ATTENTION_MASK, LOGITS
 
@@ -40,11 +41,12 @@ __all__ = [
     "ExportError",
     "ExportedGraph",
     "check_architecture",
+    "export_causal_lm",
     "export_graph",
 ]
 
 MIN_OPSET = 18  # the dynamo exporter's lowest (torchlib is written against opset 18)
-MAX_OPSET = 23  # the highest this onnxruntime and onnxscript both run; see tests/exporters
+MAX_OPSET = 23  # the highest tested (tests/exporters): torchlib and onnxruntime 1.32 run it
 DEFAULT_OPSET = 18
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -155,25 +157,22 @@ def _quiet_torch_onnx_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _strip_doc_strings(model: onnx.ModelProto) -> None:
-    """The exporter writes Python stack traces into node doc strings; they hold local paths."""
+def _strip_trace_info(model: onnx.ModelProto) -> None:
+    """Drop what the exporter records per node (Python stack traces, FX nodes, module paths):
+    it holds local file paths and is most of the file's size for small models."""
     for node in model.graph.node:
         node.doc_string = ""
+        del node.metadata_props[:]
 
 
-def export_graph(
-    model: QWTHNModel,
-    metadata: ExportMetadata,
-    opset: int = DEFAULT_OPSET,
-    fallback: bool = True,
-) -> ExportedGraph:
-    """Export ``model`` (adapted, eval mode) to an ONNX ``ModelProto`` with KV-cache I/O.
+def export_causal_lm(
+    base: nn.Module, opset: int = DEFAULT_OPSET
+) -> tuple[onnx.ModelProto, CausalLMWithCache]:
+    """The KV-cache graph of a causal LM (adapted or not), before fallbacks and metadata.
 
-    ``metadata`` is completed (cache geometry, weights map) and attached.
+    Returns the ``ModelProto`` and the :class:`CausalLMWithCache` it was traced from.
     """
     check_opset(opset)
-    base: nn.Module = model.base_model
-    check_architecture(type(base).__name__)
     base.eval()
     geometry = CacheGeometry.probe(base)
     module = CausalLMWithCache(base, geometry).eval()
@@ -203,19 +202,36 @@ def export_graph(
                 report=False,
             )
         except Exception as e:  # torch.onnx raises its own error types, and others from export
+            cause = e.__cause__ or e  # torch.onnx wraps the real error in a generic one
+            summary = (str(cause).strip().splitlines() or [""])[0]
             raise ExportError(
-                f"torch.onnx.export failed for {type(base).__name__}: {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}"
+                f"torch.onnx.export failed for {type(base).__name__}: "
+                f"{type(cause).__name__}: {summary}"
             ) from e
     proto = program.model_proto
     _name_dims(proto)
-    _strip_doc_strings(proto)
+    _strip_trace_info(proto)
+    return proto, module
+
+
+def export_graph(
+    model: QWTHNModel,
+    metadata: ExportMetadata,
+    opset: int = DEFAULT_OPSET,
+    fallback: bool = True,
+) -> ExportedGraph:
+    """Export ``model`` (adapted, eval mode) to an ONNX ``ModelProto`` with KV-cache I/O.
+
+    ``metadata`` is completed (cache geometry, weights map) and attached.
+    """
+    base: nn.Module = model.base_model
+    check_architecture(type(base).__name__)
+    proto, module = export_causal_lm(base, opset)
+    geometry, vocab = module.geometry, base.get_output_embeddings().weight.shape[0]
     if fallback:
-        attach_fallbacks(proto)
-    else:
-        proto.ir_version = max(proto.ir_version, 10)
-        if not any(o.domain == "ai.qwthn" for o in proto.opset_import):
-            proto.opset_import.add(domain="ai.qwthn", version=1)
+        attach_fallbacks(proto)  # also imports the ai.qwthn opset
+    elif not any(o.domain == DOMAIN for o in proto.opset_import):
+        proto.opset_import.add(domain=DOMAIN, version=OPSET_VERSION)
     metadata.cache = {
         "num_layers": geometry.num_layers,
         "num_kv_heads": geometry.num_kv_heads,

@@ -1,5 +1,20 @@
-"""Running exported models in onnxruntime: the custom-op library and session options."""
+"""Running exported models in onnxruntime: the custom-op library, session options, and a
+session wrapper with KV-cache text generation."""
 
+from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path, session_options
+from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
+from qwthn_onnx.runtime.session import FallbackWarning, Generation, QWTHNSession
 
-__all__ = ["LibraryNotFoundError", "get_library_path", "session_options"]
+__all__ = [
+    "ExportMetadata",
+    "FallbackWarning",
+    "Generation",
+    "GenerationConfig",
+    "GenerationError",
+    "LibraryNotFoundError",
+    "MetadataError",
+    "QWTHNSession",
+    "get_library_path",
+    "session_options",
+]

@@ -115,7 +115,11 @@ class ExportMetadata:
     @classmethod
     def from_model(cls, model: onnx.ModelProto, where: str = "model") -> ExportMetadata:
         """Read and check the metadata; raises MetadataError naming what is missing."""
-        props = {p.key: p.value for p in model.metadata_props}
+        return cls.from_props({p.key: p.value for p in model.metadata_props}, where)
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str = "model") -> ExportMetadata:
+        """The same from a key -> value mapping (e.g. onnxruntime's custom_metadata_map)."""
         fmt = props.get(_PREFIX + "format")
         if fmt != METADATA_FORMAT:
             raise MetadataError(

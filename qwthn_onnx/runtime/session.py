@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from qwthn_onnx._io import tokenizer_from_files
@@ -54,11 +53,6 @@ class Generation:
     finish_reason: str  # "stop" (stop token or string) or "length"
 
 
-def _metadata(path: Path) -> ExportMetadata:
-    model = onnx.load(str(path), load_external_data=False)
-    return ExportMetadata.from_model(model, where=str(path))
-
-
 class QWTHNSession:
     """Run an exported QWTHN causal LM.
 
@@ -75,7 +69,6 @@ class QWTHNSession:
         if kernels not in ("auto", True, False):
             raise ValueError(f"kernels must be 'auto', True or False, got {kernels!r}")
         self.path = resolve_model_path(path)
-        self.metadata = _metadata(self.path)
         options = ort.SessionOptions()
         self.kernels = False
         if kernels is not False:
@@ -95,6 +88,11 @@ class QWTHNSession:
         except Exception as e:  # onnxruntime raises its own exception types
             hint = "" if self.kernels else " (the model may have been exported with --no-fallback)"
             raise RuntimeError(f"onnxruntime cannot load {self.path}{hint}: {e}") from e
+        # From onnxruntime, which has parsed the file already (a second parse of a big model
+        # just for its metadata would cost seconds and its size in memory).
+        self.metadata = ExportMetadata.from_props(
+            self.session.get_modelmeta().custom_metadata_map, where=str(self.path)
+        )
         self.output_names = [o.name for o in self.session.get_outputs()]
         cache_input = next(i for i in self.session.get_inputs() if i.name == past_names(0)[0])
         self.cache_dtype = np.float16 if cache_input.type == "tensor(float16)" else np.float32

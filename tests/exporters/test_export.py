@@ -241,3 +241,61 @@ def test_cli_exports_prints_a_summary_and_fails_cleanly(exported, tmp_path, caps
     assert "no such file" in capsys.readouterr().err
     assert export_main([str(path), "-o", str(tmp_path / "y"), "--opset", "5"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_external_data_export_runs_checks_and_imports(tmp_path):
+    from exporters.onnx_import import import_onnx
+
+    path, model = make_model_pt(tmp_path / "model.pt")
+    result = export_model(path, tmp_path / "out", ExportOptions(external_data=True))
+    data = result.files["model.onnx.data"]
+    assert data >= 4 * sum(p.numel() for p in model.parameters()) - 80 * 64 * 4  # tied embedding
+    assert result.files["model.onnx"] < data / 2, "weights should live in model.onnx.data"
+    assert result.verification.passed
+    loaded = import_onnx(result.directory)
+    for key, value in model.base_model.state_dict().items():
+        assert torch.equal(loaded.model.base_model.state_dict()[key], value), key
+
+
+def test_float16_export_keeps_adapters_in_float32(tmp_path):
+    path, _ = make_model_pt(tmp_path / "model.pt")
+    result = export_model(path, tmp_path / "out", ExportOptions(dtype="float16"))
+    report = json.loads((result.directory / "verify.json").read_text())
+    assert report["passed"] and report["atol"] == 5e-2
+    proto = onnx.load(str(result.directory / "model.onnx"))
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert types["model.model.layers.0.self_attn.q_proj.base_layer.weight"] == f16
+    assert types["model.model.layers.0.self_attn.q_proj.qwthn.qnn.weights"] == f32
+    key = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}[past_names(0)[0]]
+    assert key == f16
+
+
+def test_interrupted_export_leaves_the_previous_output_and_no_partial(
+    exported, tmp_path, monkeypatch
+):
+    import exporters.export as export_module
+
+    path, _, _ = exported("llama")
+    out = tmp_path / "out"
+    export_model(path, out, ExportOptions(verify=False))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "verify_export", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(path, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_highest_supported_opset_exports_and_verifies(exported, tmp_path):
+    from exporters.onnx_export import MAX_OPSET
+
+    path, _, _ = exported("llama")
+    result = export_model(path, tmp_path / "out", ExportOptions(opset=MAX_OPSET))
+    assert result.verification.passed
+    proto = onnx.load(str(result.directory / "model.onnx"), load_external_data=False)
+    assert {(o.domain, o.version) for o in proto.opset_import} >= {("", MAX_OPSET), (DOMAIN, 1)}

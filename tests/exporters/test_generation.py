@@ -166,3 +166,23 @@ def test_qwthn_run_prints_the_generated_text(llama, capsys):
     assert "tokens/s" in captured.err and "kernels" in captured.err
     assert run_main([str(directory / "nothing"), "-p", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_readme_inference_example_runs(llama, tmp_path, monkeypatch):
+    """The README's inference snippet runs as written against an export at runs/demo/onnx."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Quickstart: inference in onnxruntime") :]
+    start = section.index("```python\n") + len("```python\n")
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "onnx").symlink_to(llama[0])
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(section[start : section.index("```", start)], namespace)
+    assert namespace["answer"].finish_reason in ("stop", "length")
+    assert len(namespace["samples"]) == 2
+    ids = namespace["ids"]
+    assert namespace["logits"].shape == (1, ids.shape[1], 80)
+    (plain_logits, *_) = namespace["plain"].run(None, namespace["feed"])
+    np.testing.assert_allclose(namespace["logits"], plain_logits, atol=1e-4)

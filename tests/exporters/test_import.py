@@ -129,3 +129,11 @@ def test_metadata_that_does_not_fit_the_graph_is_refused(exported, tmp_path):
 
     with pytest.raises(MetadataError, match=r"'qwthn\.cache' is not JSON"):
         import_onnx(_edited(result, tmp_path, broken_json))
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", ".hidden", ""])
+def test_tokenizer_file_names_in_metadata_must_be_plain(name):
+    from qwthn_onnx.runtime.metadata import decode_files
+
+    with pytest.raises(MetadataError, match="is not a plain file name"):
+        decode_files({name: {"text": "x"}})
