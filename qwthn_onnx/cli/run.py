@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.quiet:
                 warnings.simplefilter("ignore")
             session = QWTHNSession(args.model, kernels=kernels, threads=args.threads)
+        session.tokenizer  # noqa: B018 - load it now, so tokens/s measures generation only
         start = time.perf_counter()
         results = session.generate(
             args.prompt,

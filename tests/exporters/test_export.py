@@ -213,6 +213,16 @@ def test_model_pt_that_is_not_ours_or_damaged_is_refused(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_model_pt_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    from tests.test_checkpoint import _Exploit
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "qwthn-onnx/model", "payload": _Exploit(marker)}, evil)
+    assert export_main([str(evil), "-o", str(tmp_path / "out")]) == 2
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
 def test_unsupported_architecture_is_named_with_the_supported_list(tmp_path, tokenizer):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
