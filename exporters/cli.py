@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import sys
@@ -15,6 +16,7 @@ from exporters.export import ExportOptions, ExportResult, export_model
 from exporters.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET, ExportError
 from exporters.onnx_import import ImportError_, import_onnx
 from qwthn_onnx import __version__
+from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.adapter import AdapterError, ConfigError
 from qwthn_onnx.checkpoint import ModelFileError, check_output_file, save_model_pt
 from qwthn_onnx.circuit import CircuitError
@@ -67,6 +69,19 @@ def build_export_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="store weights in model.onnx.data (default: only above 1 GiB)",
+    )
+    q = p.add_argument_group("OpenQASM 3")
+    q.add_argument(
+        "--qasm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write qasm/<layer>.qasm, one program per adapted layer (default: on)",
+    )
+    q.add_argument(
+        "--qasm-weights-as-inputs",
+        action="store_true",
+        help="declare the trained weights as `input float[64] theta_j` too (values in "
+        "qasm/index.json) instead of writing them as literals only",
     )
     v = p.add_argument_group("verification")
     v.add_argument(
@@ -125,6 +140,8 @@ def export_main(argv: list[str] | None = None) -> int:
         atol=args.atol,
         rtol=args.rtol,
         external_data=args.external_data,
+        qasm=args.qasm,
+        qasm_weights_as_inputs=args.qasm_weights_as_inputs,
     )
     try:
         with console.status("starting") as status:
@@ -177,6 +194,105 @@ def import_main(argv: list[str] | None = None) -> int:
         f"layers ({model.trainable_parameters():,} trainable parameters); wrote {args.output}"
     )
     return 0
+
+
+def build_qasm_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwthn-qasm",
+        description="The quantum part of a forward pass as a QPU job: bound OpenQASM programs "
+        "for a prompt, and their execution with shots on a qiskit backend.",
+    )
+    p.add_argument("--version", action="version", version=f"qwthn-onnx {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    job = sub.add_parser("job", help="write the bound programs of a prompt's forward pass")
+    job.add_argument("model", type=Path, help="qwthn-export output directory or model.onnx")
+    job.add_argument("-p", "--prompt", required=True)
+    job.add_argument("-o", "--output", type=Path, required=True, help="job directory to write")
+    job.add_argument(
+        "--qasm2", action="store_true", help="also write OpenQASM 2 lowered to --basis"
+    )
+    job.add_argument(
+        "--basis",
+        default="rz,sx,x,cx",
+        help="comma-separated basis gates for --qasm2 (default rz,sx,x,cx)",
+    )
+    run = sub.add_parser("run", help="run a job's programs with shots and compare")
+    run.add_argument("job", type=Path, help="directory written by `qwthn-qasm job`")
+    run.add_argument("--shots", type=int, default=4000)
+    run.add_argument("--backend", choices=("basic", "aer"), default="basic")
+    run.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def qasm_main(argv: list[str] | None = None) -> int:
+    from exporters.hardware import run_job, write_job
+    from exporters.qasm import QasmError
+
+    args = build_qasm_parser().parse_args(argv)
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        if args.command == "job":
+            basis = tuple(b.strip() for b in args.basis.split(",") if b.strip())
+            index = write_job(args.model, args.prompt, args.output, args.qasm2, basis)
+            layers = len({p["layer"] for p in index["programs"]})
+            console.print(
+                f"wrote {len(index['programs'])} programs ({layers} layers x "
+                f"{len(index['tokens'])} tokens) and job.json to {args.output}/"
+            )
+        else:
+            summary = run_job(args.job, args.shots, args.backend, args.seed)
+            verdict = "all within 5 standard errors" if summary["within_5_stderr"] else "OUTSIDE"
+            console.print(
+                f"ran {summary['programs']} programs x {args.shots} shots on {args.backend}: "
+                f"max |estimate - kernel| = {summary['max_z']:.2f} standard errors ({verdict}); "
+                f"wrote {args.job}/results.json"
+            )
+            return 0 if summary["within_5_stderr"] else 1
+    except (*USER_ERRORS, QasmError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwthn-verify",
+        description="Check an export face against face: PyTorch simulator, ONNX kernel and "
+        "fallback, OpenQASM 3 (exact and with shots), and the whole model imported back.",
+    )
+    p.add_argument("model", type=Path, help="qwthn-export output directory")
+    p.add_argument("--samples", type=int, default=8, help="random angle vectors per layer")
+    p.add_argument("--shots", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the report as JSON")
+    p.add_argument("--version", action="version", version=f"qwthn-onnx {__version__}")
+    return p
+
+
+def verify_main(argv: list[str] | None = None) -> int:
+    from exporters.crosscheck import crosscheck
+    from exporters.qasm import QasmError
+
+    args = build_verify_parser().parse_args(argv)
+    width = shutil.get_terminal_size((120, 24)).columns
+    console = Console(highlight=False, soft_wrap=True, width=width)
+    try:
+        report = crosscheck(args.model, args.samples, args.shots, args.seed)
+    except (*USER_ERRORS, QasmError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = Table(title=f"qwthn-verify: {report.model}")
+    for column in ("layer", "check", "value", "tolerance", ""):
+        table.add_column(column, justify="right" if column in ("value", "tolerance") else "left")
+    for c in report.checks:
+        table.add_row(
+            c.layer, c.face, f"{c.value:.2e}", f"{c.tolerance:g}", "ok" if c.passed else "FAIL"
+        )
+    console.print(table)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    console.print("all faces agree" if report.passed else "[bold red]disagreement found[/]")
+    return 0 if report.passed else 1
 
 
 if __name__ == "__main__":

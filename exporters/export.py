@@ -38,17 +38,27 @@ from exporters.onnx_export import (
     check_opset,
     export_graph,
 )
+from exporters.qasm import circuit_to_qasm3
 from exporters.verify import VerifyReport, verify_export
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_directory, tokenizer_to_files
+from qwthn_onnx.adapter import QWTHNModel
 from qwthn_onnx.checkpoint import LoadedModel, load_model_pt, read_model_pt
 from qwthn_onnx.ops.schemas import register_schemas
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
 from qwthn_onnx.runtime.metadata import ExportMetadata, encode_files
 
-__all__ = ["MANIFEST_NAME", "ExportOptions", "ExportResult", "export_model"]
+__all__ = [
+    "MANIFEST_NAME",
+    "QASM_DIR",
+    "ExportOptions",
+    "ExportResult",
+    "export_model",
+    "write_qasm",
+]
 
 MANIFEST_NAME = "manifest.json"
+QASM_DIR = "qasm"
 VERIFY_NAME = "verify.json"
 MODEL_NAME = "model.onnx"
 # Default verification tolerances per export dtype: float32 as Optimum's order of magnitude;
@@ -69,6 +79,8 @@ class ExportOptions:
     atol: float | None = None  # None: the dtype's default (TOLERANCES)
     rtol: float | None = None
     external_data: bool | None = None  # None: only when the weights exceed 1 GiB
+    qasm: bool = True  # qasm/<layer>.qasm, one OpenQASM 3 program per adapted layer
+    qasm_weights_as_inputs: bool = False  # trained weights as `input` too, not only literals
 
     def validate(self) -> None:
         check_opset(self.opset)
@@ -180,6 +192,34 @@ def _save_onnx(model: onnx.ModelProto, directory: Path, external: bool | None) -
     )
 
 
+def write_qasm(directory: Path, model: QWTHNModel, weights_as_inputs: bool) -> dict[str, Any]:
+    """``<layer>.qasm`` per adapted layer (trained weights as exact literals, the layer's
+    angles as ``input float[64] x_i``) and ``index.json`` mapping layers to files and names."""
+    directory.mkdir()
+    index: dict[str, Any] = {
+        "format": "qwthn-onnx/qasm",
+        "format_version": 1,
+        "reading": "<Z_i> = P(c[i] = 0) - P(c[i] = 1)",
+        "layers": {},
+    }
+    for name, layer in model.adapter_layers().items():
+        circuit = layer.qwthn.qnn.circuit
+        weights = layer.qwthn.qnn.weights.detach().double().numpy()
+        text = circuit_to_qasm3(circuit, weights, weights_as_inputs=weights_as_inputs, layer=name)
+        (directory / f"{name}.qasm").write_text(text)
+        entry: dict[str, Any] = {
+            "file": f"{name}.qasm",
+            "n_qubits": circuit.n_qubits,
+            "inputs": [f"x_{i}" for i in range(circuit.n_inputs)],
+            "observables": list(circuit.observables),
+        }
+        if weights_as_inputs:
+            entry["weights"] = {f"theta_{j}": float(w) for j, w in enumerate(weights)}
+        index["layers"][name] = entry
+    (directory / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return index
+
+
 def _runtimes(fallback: bool) -> list[str]:
     runtimes = []
     try:
@@ -247,6 +287,9 @@ def export_model(
                     (tmp / name).write_text(content)
                 else:
                     (tmp / name).write_bytes(content)
+        if options.qasm:
+            with _timed(seconds, "OpenQASM 3", progress):
+                write_qasm(tmp / QASM_DIR, loaded.model, options.qasm_weights_as_inputs)
         report = None
         if options.verify:
             with _timed(seconds, "verify", progress):
@@ -267,7 +310,11 @@ def export_model(
                     f"rtol {report.rtol}); {len(report.failures())} checks failed. Nothing was "
                     f"written; loosen --atol/--rtol or use --no-verify to keep the export"
                 )
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.name != MANIFEST_NAME}
+        files = {
+            str(p.relative_to(tmp)): p.stat().st_size
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_NAME
+        }
         manifest = {
             "format": "qwthn-onnx/export",
             "format_version": 1,

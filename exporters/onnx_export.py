@@ -9,6 +9,7 @@ needs. Nothing here touches the filesystem; :mod:`exporters.export` writes the d
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import warnings
@@ -159,8 +160,18 @@ def _quiet_torch_onnx_logs() -> Iterator[None]:
 
 def _strip_trace_info(model: onnx.ModelProto) -> None:
     """Drop what the exporter records per node (Python stack traces, FX nodes, module paths):
-    it holds local file paths and is most of the file's size for small models."""
+    it holds local file paths and is most of the file's size for small models. Our own nodes
+    are first named after the module that ran them (``model.layers.0.self_attn.q_proj.qwthn.qnn``),
+    which is how tools find the adapted layer of a QuantumLayer node."""
     for node in model.graph.node:
+        if node.domain == DOMAIN:
+            scopes = next(
+                (ast.literal_eval(m.value) for m in node.metadata_props
+                 if m.key == "pkg.torch.onnx.name_scopes"),
+                [],
+            )  # fmt: skip
+            if len(scopes) >= 2:
+                node.name = scopes[-2].removeprefix("model.")
         node.doc_string = ""
         del node.metadata_props[:]
 

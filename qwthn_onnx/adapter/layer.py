@@ -19,6 +19,7 @@ from transformers.pytorch_utils import Conv1D
 from qwthn_onnx import native
 from qwthn_onnx.adapter.config import QWTHNConfig
 from qwthn_onnx.circuit import Circuit, build_ansatz, expectation_values
+from qwthn_onnx.circuit.sampling import ShotEstimator, sampled_expectations
 from qwthn_onnx.mpo import MPOLinear
 from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 
@@ -42,7 +43,9 @@ class QuantumLayer(nn.Module):
     """A parameterised circuit as a module: angles ``[..., n_inputs]`` -> ``[..., n_obs]``.
 
     ``backend``: ``"torch"`` (the PyTorch simulator, any device), ``"cpp"`` (the C++ kernel,
-    CPU) or ``"auto"`` (the kernel for CPU tensors when it is built, else PyTorch).
+    CPU) or ``"auto"`` (the kernel for CPU tensors when it is built, else PyTorch). With an
+    ``estimator`` set (see ``QWTHNModel.set_quantum_backend``), the circuit instead runs with
+    shots on a qiskit backend, as on a QPU, with parameter-shift gradients.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class QuantumLayer(nn.Module):
         super().__init__()
         self.circuit = circuit
         self.backend = backend
+        self.estimator: ShotEstimator | None = None
         self._kernel_arguments = circuit_arguments(circuit)
         self.weights = nn.Parameter(torch.empty(circuit.n_weights))
         with torch.no_grad():
@@ -69,6 +73,8 @@ class QuantumLayer(nn.Module):
         return self.backend == "cpp"
 
     def forward(self, angles: torch.Tensor) -> torch.Tensor:
+        if self.estimator is not None:
+            return sampled_expectations(self.circuit, angles, self.weights, self.estimator)
         if self._use_kernel(angles):
             return quantum_layer(angles, self.weights, *self._kernel_arguments)
         return expectation_values(self.circuit, angles, self.weights)

@@ -259,6 +259,33 @@ class QWTHNModel(nn.Module):
         self.qwthn_config.save(directory)
         return directory
 
+    def set_quantum_backend(
+        self,
+        backend: str,
+        *,
+        shots: int | None = 1024,
+        simulator: str = "basic",
+        seed: int | None = None,
+    ) -> None:
+        """Choose how every adapter's circuit runs: ``"torch"``, ``"cpp"``, ``"auto"`` (exact
+        simulators), or ``"shots"``: sampled expectations from ``shots`` runs on a qiskit
+        ``simulator`` ("basic" or "aer"), gradients by parameter shift, as on a QPU.
+        The choice is not saved with the model."""
+        estimator = None
+        if backend == "shots":
+            from qwthn_onnx.circuit.sampling import ShotEstimator
+
+            estimator = ShotEstimator(shots=shots, backend=simulator, seed=seed)
+        elif backend not in ("torch", "cpp", "auto"):
+            raise AdapterError(
+                f"quantum backend {backend!r} is not one of 'torch', 'cpp', 'auto', 'shots'"
+            )
+        for layer in self.adapter_layers().values():
+            qnn = layer.qwthn.qnn
+            qnn.estimator = estimator
+            if estimator is None:
+                qnn.backend = backend
+
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

@@ -104,6 +104,12 @@ def test_other_architectures_export_and_verify(exported, arch):
     assert len(result.adapted_layers) == len(model.adapted_modules) > 0
 
 
+def _snapshot(directory):
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
 def _run_both(model_dir, feed):
     kernel = ort.InferenceSession(str(model_dir / "model.onnx"), session_options(1))
     plain = ort.InferenceSession(str(model_dir / "model.onnx"))
@@ -163,11 +169,11 @@ def test_export_replaces_an_earlier_export_and_keeps_it_when_failing(exported, t
     path, _, _ = exported("llama")
     out = tmp_path / "out"
     export_model(path, out, ExportOptions(verify=False))
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _snapshot(out)
     # atol = rtol = 0 cannot pass (kernel and torch round differently): verification fails
     with pytest.raises(ExportError, match=r"verification failed: output .* differs from PyTorch"):
         export_model(path, out, ExportOptions(atol=0.0, rtol=0.0))
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "partial output left behind"
     export_model(path, out, ExportOptions(opset=20, verify=False))
     manifest = json.loads((out / MANIFEST_NAME).read_text())
@@ -289,7 +295,7 @@ def test_interrupted_export_leaves_the_previous_output_and_no_partial(
     path, _, _ = exported("llama")
     out = tmp_path / "out"
     export_model(path, out, ExportOptions(verify=False))
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _snapshot(out)
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -297,7 +303,7 @@ def test_interrupted_export_leaves_the_previous_output_and_no_partial(
     monkeypatch.setattr(export_module, "verify_export", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export_model(path, out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
