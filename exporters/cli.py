@@ -18,7 +18,12 @@ from exporters.onnx_import import ImportError_, import_onnx
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.adapter import AdapterError, ConfigError
-from qwthn_onnx.checkpoint import ModelFileError, check_output_file, save_model_pt
+from qwthn_onnx.checkpoint import (
+    ModelFileError,
+    check_output_file,
+    load_model_pt,
+    save_model_pt,
+)
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.runtime.metadata import MetadataError
@@ -216,6 +221,15 @@ def build_qasm_parser() -> argparse.ArgumentParser:
         default="rz,sx,x,cx",
         help="comma-separated basis gates for --qasm2 (default rz,sx,x,cx)",
     )
+    load = sub.add_parser(
+        "load", help="put a program (edited or optimised elsewhere) into a layer of a model.pt"
+    )
+    load.add_argument("model", type=Path, help="model.pt to read")
+    load.add_argument("program", type=Path, help="OpenQASM 3 program for the layer")
+    load.add_argument(
+        "--layer", required=True, help="adapted module, e.g. model.layers.0.self_attn.q_proj"
+    )
+    load.add_argument("-o", "--output", type=Path, required=True, help="model.pt to write")
     run = sub.add_parser("run", help="run a job's programs with shots and compare")
     run.add_argument("job", type=Path, help="directory written by `qwthn-qasm job`")
     run.add_argument("--shots", type=int, default=4000)
@@ -226,12 +240,25 @@ def build_qasm_parser() -> argparse.ArgumentParser:
 
 def qasm_main(argv: list[str] | None = None) -> int:
     from exporters.hardware import run_job, write_job
-    from exporters.qasm import QasmError
+    from exporters.qasm import QasmError, qasm3_to_circuit
 
     args = build_qasm_parser().parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
     try:
-        if args.command == "job":
+        if args.command == "load":
+            check_output_file(args.output)
+            loaded = load_model_pt(args.model)
+            layer = loaded.model.adapter_layers().get(args.layer)
+            n_inputs = layer.qwthn.qnn.circuit.n_inputs if layer is not None else None
+            circuit = qasm3_to_circuit(args.program.read_text(), n_inputs=n_inputs)
+            loaded.model.replace_circuit(args.layer, circuit)
+            save_model_pt(args.output, loaded.model, loaded.tokenizer, loaded.training)
+            console.print(
+                f"{args.layer} now runs {args.program} ({circuit.n_qubits} qubits, "
+                f"{len(circuit.gates)} gates, {circuit.n_weights} trainable weights); "
+                f"wrote {args.output}"
+            )
+        elif args.command == "job":
             basis = tuple(b.strip() for b in args.basis.split(",") if b.strip())
             index = write_job(args.model, args.prompt, args.output, args.qasm2, basis)
             layers = len({p["layer"] for p in index["programs"]})

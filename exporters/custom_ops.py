@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import onnx_ir
 import torch
 from onnxscript import values
 from torch import nn
@@ -49,7 +50,7 @@ def _quantum_layer(
         "observables": list(observables),
     }
     if constants:
-        attributes["constants"] = np.asarray(constants, dtype=np.float64)
+        attributes["constants"] = onnx_ir.tensor(np.asarray(constants, dtype=np.float64))
     return _QWTHN.QuantumLayer(x, weights, **attributes)
 
 

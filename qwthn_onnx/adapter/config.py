@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qwthn_onnx._io import atomic_write_text
-from qwthn_onnx.circuit import ANSATZE
+from qwthn_onnx.circuit import ANSATZE, Circuit, CircuitError, build_ansatz
 
 __all__ = ["CONFIG_FILE_NAME", "ConfigError", "QWTHNConfig"]
 
@@ -67,6 +67,14 @@ class QWTHNConfig:
     ansatz: str = field(
         default="paper",
         metadata={"help": f"QNN circuit: one of {sorted(ANSATZE)} (see shared/DESIGN.md)."},
+    )
+    circuits: dict[str, dict[str, Any]] | None = field(
+        default=None,
+        metadata={
+            "help": "Per adapted module, a circuit (Circuit.to_dict()) that replaces the ansatz "
+            "there, e.g. one edited as OpenQASM and loaded with `qwthn-qasm load`. It takes "
+            "n_qubits angles and gives n_qubits observables, like the ansatz."
+        },
     )
     angle_map: str = field(
         default="auto",
@@ -167,8 +175,25 @@ class QWTHNConfig:
                     f"mpo_modes[{dim!r}] = {modes} has {len(modes)} modes but mpo_num_cores is "
                     f"{self.mpo_num_cores}"
                 )
+        for module, data in (self.circuits or {}).items():
+            try:
+                circuit = Circuit.from_dict(data)
+            except CircuitError as e:
+                raise ConfigError(f"circuits[{module!r}] is not a valid circuit: {e}") from e
+            if circuit.n_inputs != self.n_qubits or circuit.n_observables != self.n_qubits:
+                raise ConfigError(
+                    f"circuits[{module!r}] takes {circuit.n_inputs} angles and gives "
+                    f"{circuit.n_observables} observables; the adapter has n_qubits="
+                    f"{self.n_qubits} of each"
+                )
         if self.mpo_modes is not None:
             self.mpo_modes = {str(k): [int(m) for m in v] for k, v in self.mpo_modes.items()}
+
+    def circuit_for(self, module: str) -> Circuit:
+        """The circuit of adapted ``module``: its override, else the configured ansatz."""
+        if self.circuits and module in self.circuits:
+            return Circuit.from_dict(self.circuits[module])
+        return build_ansatz(self.ansatz, self.n_qubits, self.n_layers)
 
     def modes_for(self, dim: int) -> list[int] | None:
         """The explicit factorisation for ``dim``, or None to factorise automatically."""

@@ -87,7 +87,13 @@ class QuantumLayer(nn.Module):
 class QWTHNAdapter(nn.Module):
     """Delta(x): the MPO path fused with the quantum circuit, computed in float32 or wider."""
 
-    def __init__(self, in_features: int, out_features: int, config: QWTHNConfig) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        config: QWTHNConfig,
+        circuit: Circuit | None = None,
+    ) -> None:
         super().__init__()
         r, n = config.rank, config.n_qubits
         mpo = {"bond_dim": config.mpo_bond_dim, "num_cores": config.mpo_num_cores}
@@ -102,7 +108,8 @@ class QWTHNAdapter(nn.Module):
             nn.Linear(r, n) if config.resolved_angle_map() == "linear" else nn.Identity()
         )
         self.squash = config.angle_squash == "pi_tanh"
-        circuit = build_ansatz(config.ansatz, n, config.n_layers)
+        if circuit is None:
+            circuit = build_ansatz(config.ansatz, n, config.n_layers)
         self.qnn = QuantumLayer(
             circuit, config.qnn_init, config.qnn_init_scale, config.quantum_backend
         )
@@ -138,11 +145,13 @@ class QWTHNAdapter(nn.Module):
 class QWTHNLayer(nn.Module):
     """A frozen ``nn.Linear``/``Conv1D`` plus ``scaling * Delta(dropout(x))``."""
 
-    def __init__(self, base_layer: nn.Module, config: QWTHNConfig) -> None:
+    def __init__(
+        self, base_layer: nn.Module, config: QWTHNConfig, circuit: Circuit | None = None
+    ) -> None:
         super().__init__()
         d_in, d_out = linear_dims(base_layer)
         self.base_layer = base_layer
-        self.qwthn = QWTHNAdapter(d_in, d_out, config)
+        self.qwthn = QWTHNAdapter(d_in, d_out, config, circuit)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scaling = config.scaling
         for p in self.base_layer.parameters():

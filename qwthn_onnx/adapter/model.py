@@ -20,7 +20,8 @@ from torch import nn
 
 from qwthn_onnx._io import atomic_path
 from qwthn_onnx.adapter.config import QWTHNConfig
-from qwthn_onnx.adapter.layer import SUPPORTED_LAYER_TYPES, QWTHNLayer
+from qwthn_onnx.adapter.layer import SUPPORTED_LAYER_TYPES, QuantumLayer, QWTHNLayer
+from qwthn_onnx.circuit import Circuit
 
 __all__ = [
     "ADAPTER_WEIGHTS_NAME",
@@ -126,7 +127,8 @@ def inject_adapters(model: nn.Module, config: QWTHNConfig) -> list[str]:
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
         device = next(base.parameters()).device
-        setattr(parent, child, QWTHNLayer(base, config).to(device))
+        layer = QWTHNLayer(base, config, config.circuit_for(name))
+        setattr(parent, child, layer.to(device))
     return names
 
 
@@ -258,6 +260,44 @@ class QWTHNModel(nn.Module):
             save_file(self.adapter_state_dict(), tmp, metadata={"format": "pt", "adapter": "QWTHN"})
         self.qwthn_config.save(directory)
         return directory
+
+    def replace_circuit(self, module: str, circuit: Circuit) -> None:
+        """Run ``circuit`` in adapted ``module`` instead of its current one (e.g. a program
+        edited or optimised by another tool and read back from OpenQASM).
+
+        It must take the same angles and give the same observables' count. Trained weights are
+        kept when the new circuit has as many (weights kept as ``theta_j`` inputs); a circuit
+        with weights baked in as constants has none. The override is recorded in the config,
+        so model.pt, export and import carry it.
+        """
+        layers = self.adapter_layers()
+        if module not in layers:
+            raise AdapterError(f"{module!r} is not an adapted module; adapted: {list(layers)}")
+        old = layers[module].qwthn.qnn
+        if (circuit.n_inputs, circuit.n_observables) != (
+            old.circuit.n_inputs,
+            old.circuit.n_observables,
+        ):
+            raise AdapterError(
+                f"the new circuit of {module} takes {circuit.n_inputs} angles and gives "
+                f"{circuit.n_observables} observables; the adapter needs "
+                f"{old.circuit.n_inputs} and {old.circuit.n_observables}"
+            )
+        if circuit.n_weights not in (0, old.circuit.n_weights):
+            raise AdapterError(
+                f"the new circuit of {module} has {circuit.n_weights} weights; use 0 (values "
+                f"as constants) or the current {old.circuit.n_weights} (kept as trained)"
+            )
+        new = QuantumLayer(circuit, backend=old.backend).to(old.weights.device)
+        new.estimator = old.estimator
+        with torch.no_grad():
+            if circuit.n_weights:
+                new.weights.copy_(old.weights)
+        new.weights.requires_grad_(old.weights.requires_grad)
+        layers[module].qwthn.qnn = new
+        circuits = dict(self.qwthn_config.circuits or {})
+        circuits[module] = circuit.to_dict()
+        self.qwthn_config = dataclasses.replace(self.qwthn_config, circuits=circuits)
 
     def set_quantum_backend(
         self,

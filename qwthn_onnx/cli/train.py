@@ -44,6 +44,8 @@ from qwthn_onnx.demo import (
 from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.training import TrainingArguments, train
 
+# Circuit IR per module is set with `qwthn-qasm load` (or replace_circuit), not on a command line.
+CONFIG_FIELDS_WITHOUT_FLAGS = frozenset({"circuits"})
 USER_ERRORS = (AdapterError, ConfigError, DataError, ModelFileError, CircuitError, MPOError)
 
 
@@ -51,6 +53,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per QWTHNConfig field, with the field's help (the config is the single truth)."""
     group = parser.add_argument_group("adapter (QWTHNConfig fields; defaults as in the config)")
     for f in dataclasses.fields(QWTHNConfig):
+        if f.name in CONFIG_FIELDS_WITHOUT_FLAGS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {
             "dest": f"cfg_{f.name}",
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _adapter_config(args: argparse.Namespace, demo: bool) -> QWTHNConfig:
     values = dict(DEMO_ADAPTER) if demo else {}
     for f in dataclasses.fields(QWTHNConfig):
-        value = getattr(args, f"cfg_{f.name}")
+        value = getattr(args, f"cfg_{f.name}", None)  # fields without a flag stay default
         if value is not None:
             values[f.name] = value
     return QWTHNConfig(**values)

@@ -178,3 +178,79 @@ def test_verify_without_qasm_says_how_to_get_it(tmp_path, capsys):
     assert "qwthn-export --qasm" in capsys.readouterr().err
     proto = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert all(n.name for n in proto.graph.node if n.domain == "ai.qwthn")
+
+
+def _layer_program(export_dir, layer):
+    return (export_dir / "qasm" / f"{layer}.qasm").read_text()
+
+
+def test_a_program_with_literal_weights_loads_back_into_the_model(exported, tmp_path, batch):
+    import torch
+
+    from qwthn_onnx import load_model_pt
+
+    path, result, model = exported("llama")
+    layer = model.adapted_modules[0]
+    out = tmp_path / "literal.pt"
+    assert qasm_main(["load", str(path), str(tmp_path / "x.qasm"), "--layer", layer,
+                      "-o", str(out)]) == 2  # fmt: skip
+    (tmp_path / "x.qasm").write_text(_layer_program(result.directory, layer))
+    assert qasm_main(["load", str(path), str(tmp_path / "x.qasm"), "--layer", layer,
+                      "-o", str(out)]) == 0  # fmt: skip
+    loaded = load_model_pt(out).model.eval()
+    qnn = loaded.adapter_layers()[layer].qwthn.qnn
+    assert qnn.circuit.n_weights == 0 and qnn.weights.numel() == 0
+    with torch.no_grad():  # the trained weights now live in the program as constants
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=1e-5,
+                                   rtol=1e-5)  # fmt: skip
+    again = export_model(out, tmp_path / "again", ExportOptions())
+    assert again.verification.passed
+    assert crosscheck(again.directory, samples=2, shots=1000).passed
+
+
+def test_an_edited_program_keeps_the_trained_weights_and_travels_everywhere(tmp_path, batch):
+    import torch
+
+    from exporters.onnx_import import import_onnx
+    from qwthn_onnx import load_model_pt
+
+    path, model = make_model_pt(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    export_model(path, out, ExportOptions(verify=False, qasm_weights_as_inputs=True))
+    layer = model.adapted_modules[1]
+    text = _layer_program(out, layer).replace(
+        "\n@qwthn.observables", "\nrz(0.75) q[1];\nry(-0.5) q[2];\n@qwthn.observables"
+    )
+    (tmp_path / "edited.qasm").write_text(text)
+    edited = tmp_path / "edited.pt"
+    assert qasm_main(["load", str(path), str(tmp_path / "edited.qasm"), "--layer", layer,
+                      "-o", str(edited)]) == 0  # fmt: skip
+    loaded = load_model_pt(edited).model.eval()
+    old, new = model.adapter_layers()[layer].qwthn.qnn, loaded.adapter_layers()[layer].qwthn.qnn
+    assert torch.equal(new.weights, old.weights) and new.weights.requires_grad
+    assert new.circuit.gates[-2:] == tuple(qasm3_to_circuit(text).gates[-2:])
+    with torch.no_grad():
+        assert (loaded(**batch).logits - model(**batch).logits).abs().max() > 1e-6
+    again = export_model(edited, tmp_path / "again", ExportOptions())
+    assert again.verification.passed
+    back = import_onnx(again.directory).model
+    assert back.adapter_layers()[layer].qwthn.qnn.circuit == new.circuit
+
+
+def test_programs_that_do_not_fit_the_layer_are_refused(exported, tmp_path):
+    from exporters.qasm import QasmError
+    from qwthn_onnx import AdapterError, ConfigError, QWTHNConfig
+    from qwthn_onnx.circuit import paper_circuit
+
+    _, result, model = exported("llama")
+    layer = model.adapted_modules[0]
+    with pytest.raises(AdapterError, match="is not an adapted module; adapted:"):
+        model.replace_circuit("model.layers.9.q", paper_circuit(3, 1))
+    with pytest.raises(QasmError, match=r"expected .*x_0.*found"):
+        qasm3_to_circuit(_layer_program(result.directory, layer), n_inputs=5)
+    with pytest.raises(AdapterError, match="has 6 weights; use 0"):
+        model.replace_circuit(layer, paper_circuit(3, 1).__class__(
+            3, paper_circuit(3, 1).gates[:9], paper_circuit(3, 1).observables,
+            n_inputs=3, n_weights=6))  # fmt: skip
+    with pytest.raises(ConfigError, match="takes 4 angles"):
+        QWTHNConfig(n_qubits=3, circuits={"m": paper_circuit(4, 1).to_dict()})
