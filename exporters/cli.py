@@ -12,9 +12,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from exporters.crosscheck import crosscheck
 from exporters.export import ExportOptions, ExportResult, export_model
+from exporters.hardware import run_job, write_job
 from exporters.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET, ExportError
 from exporters.onnx_import import ImportError_, import_onnx
+from exporters.qasm import QasmError, qasm3_to_circuit
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.adapter import AdapterError, ConfigError
@@ -33,10 +36,12 @@ USER_ERRORS = (
     CircuitError,
     ConfigError,
     ExportError,
+    FileNotFoundError,  # a model, program or job path that does not exist
     ImportError_,
     MetadataError,
     ModelFileError,
     MPOError,
+    QasmError,
 )
 
 
@@ -187,7 +192,7 @@ def import_main(argv: list[str] | None = None) -> int:
         check_output_file(args.output)
         loaded = import_onnx(args.model)
         save_model_pt(args.output, loaded.model, loaded.tokenizer, loaded.training)
-    except (*USER_ERRORS, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -239,9 +244,6 @@ def build_qasm_parser() -> argparse.ArgumentParser:
 
 
 def qasm_main(argv: list[str] | None = None) -> int:
-    from exporters.hardware import run_job, write_job
-    from exporters.qasm import QasmError, qasm3_to_circuit
-
     args = build_qasm_parser().parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
     try:
@@ -275,7 +277,7 @@ def qasm_main(argv: list[str] | None = None) -> int:
                 f"wrote {args.job}/results.json"
             )
             return 0 if summary["within_5_stderr"] else 1
-    except (*USER_ERRORS, QasmError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -297,15 +299,12 @@ def build_verify_parser() -> argparse.ArgumentParser:
 
 
 def verify_main(argv: list[str] | None = None) -> int:
-    from exporters.crosscheck import crosscheck
-    from exporters.qasm import QasmError
-
     args = build_verify_parser().parse_args(argv)
     width = shutil.get_terminal_size((120, 24)).columns
     console = Console(highlight=False, soft_wrap=True, width=width)
     try:
         report = crosscheck(args.model, args.samples, args.shots, args.seed)
-    except (*USER_ERRORS, QasmError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = Table(title=f"qwthn-verify: {report.model}")

@@ -44,6 +44,7 @@ from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_directory, tokenizer_to_files
 from qwthn_onnx.adapter import QWTHNModel
 from qwthn_onnx.checkpoint import LoadedModel, load_model_pt, read_model_pt
+from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.schemas import register_schemas
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
 from qwthn_onnx.runtime.metadata import ExportMetadata, encode_files
@@ -205,7 +206,14 @@ def write_qasm(directory: Path, model: QWTHNModel, weights_as_inputs: bool) -> d
     for name, layer in model.adapter_layers().items():
         circuit = layer.qwthn.qnn.circuit
         weights = layer.qwthn.qnn.weights.detach().double().numpy()
-        text = circuit_to_qasm3(circuit, weights, weights_as_inputs=weights_as_inputs, layer=name)
+        try:
+            text = circuit_to_qasm3(
+                circuit, weights, weights_as_inputs=weights_as_inputs, layer=name
+            )
+        except CircuitError as e:
+            raise ExportError(
+                f"layer {name}: {e}; export with --no-qasm to skip the OpenQASM programs"
+            ) from e
         (directory / f"{name}.qasm").write_text(text)
         entry: dict[str, Any] = {
             "file": f"{name}.qasm",
