@@ -1,0 +1,17 @@
+"""Serving exported QWTHN models: an Open Inference Protocol v2 (KServe v2) REST server.
+
+- ``repository``: one export directory or a Triton-like ``<repo>/<model>/<version>/`` layout.
+- ``model``: a loaded version, its tensors in protocol terms, request checks and the inputs the
+  server fills in (a client may send only ``input_ids``).
+- ``protocol``: the protocol's JSON objects, and tensors to and from JSON.
+- ``batching``: dynamic batching of concurrent requests, onnxruntime off the event loop.
+- ``app``: ``create_app(repository, settings)``, the FastAPI app (health, metadata, inference,
+  OpenQASM programs, Prometheus ``/metrics``, OpenAPI ``/docs``); ``middleware``, ``metrics``
+  and ``errors`` serve it.
+- ``cli``: ``qwthn-serve`` / ``python -m serving``.
+"""
+
+from serving.app import Settings, create_app
+from serving.repository import ModelRepository, RepositoryError, discover
+
+__all__ = ["ModelRepository", "RepositoryError", "Settings", "create_app", "discover"]

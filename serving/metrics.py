@@ -1,0 +1,86 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps in one process, as
+in tests, do not share counts)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from serving.batching import BatchStats
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The server's metrics; ``render()`` gives the text exposition format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "qwthn_requests",
+            "HTTP requests by method, route template and status code",
+            ["method", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "qwthn_request_duration_seconds",
+            "HTTP request latency, first byte received to response sent",
+            ["method", "endpoint"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "qwthn_queue_duration_seconds",
+            "Time an inference request waited in its model's batching queue",
+            ["model", "version"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.run_seconds = Histogram(
+            "qwthn_inference_duration_seconds",
+            "Time of one onnxruntime run (one batch)",
+            ["model", "version"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "qwthn_batch_size",
+            "Rows (dim 0) per onnxruntime run",
+            ["model", "version"],
+            buckets=_SIZES,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "qwthn_batch_requests",
+            "Requests merged into one onnxruntime run",
+            ["model", "version"],
+            buckets=_SIZES,
+            registry=r,
+        )
+        self.models_loaded = Gauge(
+            "qwthn_models_loaded", "Model versions loaded and serving", registry=r
+        )
+
+    def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, endpoint, str(status)).inc()
+        self.request_seconds.labels(method, endpoint).observe(seconds)
+
+    def observe_batch(self, model: str, version: str, stats: BatchStats) -> None:
+        for seconds in stats.queue_seconds:
+            self.queue_seconds.labels(model, version).observe(seconds)
+        self.run_seconds.labels(model, version).observe(stats.run_seconds)
+        self.batch_rows.labels(model, version).observe(stats.rows)
+        self.batch_requests.labels(model, version).observe(stats.requests)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,286 @@
+"""Open Inference Protocol v2 (KServe v2) REST payloads, and tensors to and from their JSON form.
+
+The models follow the specification's JSON objects field for field
+(https://github.com/kserve/open-inference-protocol), so they double as the OpenAPI schema of
+the server. Tensor data arrives row-major, flat or nested; it leaves flat.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr, WithJsonSchema
+
+from serving.errors import BadRequestError, ServingError
+
+__all__ = [
+    "NUMPY_DTYPES",
+    "ErrorResponse",
+    "InferenceRequest",
+    "InferenceResponse",
+    "MetadataTensor",
+    "ModelMetadata",
+    "ModelReady",
+    "Parameters",
+    "QasmProgram",
+    "QasmResponse",
+    "RequestInput",
+    "RequestOutput",
+    "ResponseOutput",
+    "ServerLive",
+    "ServerMetadata",
+    "ServerReady",
+    "decode_tensor",
+    "encode_response",
+]
+
+# The specification's tensor data types that have a numpy equivalent. BYTES (strings) and
+# Triton's BF16 have none; no exported QWTHN model has such an input.
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(dtype)
+    for name, dtype in {
+        "BOOL": np.bool_,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
+    }.items()
+}
+DATATYPES = (*NUMPY_DTYPES, "BYTES")
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str | int | float | bool):
+        raise ValueError("a parameter value must be a string, number or boolean")
+    return value
+
+
+# "$parameter = $string : $string | $number | $boolean" in the specification.
+Parameters = dict[
+    str,
+    Annotated[
+        Any,
+        AfterValidator(_scalar),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}),
+    ],
+]
+
+
+class RequestInput(BaseModel):
+    """``$request_input``: one input tensor of an inference request."""
+
+    name: StrictStr
+    shape: list[Annotated[StrictInt, Field(ge=0)]]
+    datatype: StrictStr
+    parameters: Parameters | None = None
+    data: list[Any] = Field(description="row-major elements, flat or nested")
+
+
+class RequestOutput(BaseModel):
+    """``$request_output``: an output the client wants back."""
+
+    name: StrictStr
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    """``$inference_request``. Without ``outputs`` every output of the model comes back."""
+
+    id: StrictStr | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """``$response_output``: one output tensor, its data flat in row-major order."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any]
+
+
+class InferenceResponse(BaseModel):
+    """``$inference_response``."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class MetadataTensor(BaseModel):
+    """``$metadata_tensor``; variable dimensions are -1."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """``$metadata_model_response``, plus ``qwthn``: what the adapters are (nested, so kept out
+    of ``parameters``, whose values the specification limits to strings, numbers and booleans)."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: Parameters
+    qwthn: dict[str, Any]
+
+
+class ServerMetadata(BaseModel):
+    """``$metadata_server_response``."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    """``$ready_model_response``."""
+
+    name: str
+    ready: bool
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: str
+
+
+class QasmProgram(BaseModel):
+    """One adapted layer's OpenQASM 3 program (see ``qasm/index.json`` of an export)."""
+
+    file: str
+    program: str
+    n_qubits: int
+    inputs: list[str]
+    observables: list[str]
+    weights: dict[str, float] | None = None
+
+
+class QasmResponse(BaseModel):
+    model_name: str
+    model_version: str
+    reading: str
+    layers: dict[str, QasmProgram]
+
+
+def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
+    """The array of a request input that the model declares as ``datatype``.
+
+    Raises BadRequestError naming the input for a datatype other than the model's, data that is
+    not a regular array of the right kind of number, or a shape that does not hold the data.
+    """
+    name = tensor.name
+    if tensor.parameters and "binary_data_size" in tensor.parameters:
+        raise BadRequestError(
+            f"input '{name}': the binary tensor data extension is not supported; send the "
+            f"elements in 'data'"
+        )
+    if tensor.datatype not in DATATYPES:
+        raise BadRequestError(
+            f"input '{name}': unknown datatype '{tensor.datatype}' (one of {', '.join(DATATYPES)})"
+        )
+    if tensor.datatype != datatype:
+        raise BadRequestError(
+            f"input '{name}': the model takes datatype {datatype}, the request gave "
+            f"{tensor.datatype}"
+        )
+    if datatype not in NUMPY_DTYPES:
+        raise BadRequestError(f"input '{name}': datatype {datatype} is not supported")
+    target = NUMPY_DTYPES[datatype]
+    try:
+        array = np.asarray(tensor.data)
+    except (ValueError, OverflowError) as e:
+        raise BadRequestError(f"input '{name}': data is not a regular (nested) list: {e}") from e
+    expected = math.prod(tensor.shape)
+    if array.size != expected:
+        raise BadRequestError(
+            f"input '{name}': shape {tensor.shape} holds {expected} elements but data has "
+            f"{array.size}"
+        )
+    if array.size:
+        _check_kind(name, datatype, array)
+    converted = array.astype(target)
+    if target.kind in "iu" and not np.array_equal(converted, array):
+        info = np.iinfo(target)
+        raise BadRequestError(
+            f"input '{name}': values out of the range of {datatype} [{info.min}, {info.max}]"
+        )
+    return converted.reshape(tensor.shape)
+
+
+def _check_kind(name: str, datatype: str, array: np.ndarray) -> None:
+    kind = array.dtype.kind
+    if datatype == "BOOL":
+        ok, wanted = kind == "b", "booleans"
+    elif datatype.startswith(("INT", "UINT")):
+        ok, wanted = kind in "iu", "integers"
+    else:
+        ok, wanted = kind in "iuf", "numbers"
+    if not ok:
+        found = {"b": "booleans", "f": "non-integer numbers", "U": "strings"}.get(
+            kind, "mixed or non-numeric values"
+        )
+        raise BadRequestError(f"input '{name}' ({datatype}) takes {wanted}; data holds {found}")
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: dict[str, tuple[str, np.ndarray]],
+) -> bytes:
+    """The ``$inference_response`` JSON of ``outputs`` (name -> (datatype, array)).
+
+    JSON has no NaN or infinity, so an output holding one is a server error naming it rather
+    than a body that clients cannot parse.
+    """
+    body = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "id": request_id,
+        "outputs": [
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "data": array.ravel().tolist(),
+            }
+            for name, (datatype, array) in outputs.items()
+        ],
+    }
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as e:
+        bad = [
+            n for n, (_, a) in outputs.items() if a.dtype.kind == "f" and not np.isfinite(a).all()
+        ]
+        raise ServingError(
+            f"output {', '.join(bad) or '?'} holds NaN or infinity, which JSON cannot carry"
+        ) from e

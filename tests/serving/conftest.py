@@ -1,0 +1,165 @@
+"""A tiny exported model, and real server processes on loopback serving it.
+
+The export is built once per session (~10 s). Two servers start side by side: ``server`` on a
+Triton-like repository ``<repo>/tiny/{1,2}/`` with batching, ``unbatched`` on the export
+directory itself with ``--no-batching``. Both must stop gracefully (exit 0) on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from exporters import ExportOptions, export_model
+from qwthn_onnx.runtime.session import QWTHNSession
+from qwthn_onnx.runtime.signature import past_names
+from tests.exporters.conftest import make_model_pt
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR_NAME = "tiny-llama"  # the single-export server's model name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m serving ARGS --port P`` in a subprocess, its output in a log file."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        command = [sys.executable, "-m", "serving", *args, "--port", str(self.port)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self) -> int:
+        """SIGTERM, as an orchestrator would; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._log.close()
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serving_export")
+    path, _ = make_model_pt(root / "model.pt", "llama")
+    return export_model(path, root / MODEL_DIR_NAME, ExportOptions(verify=False)).directory
+
+
+@pytest.fixture(scope="session")
+def repository_dir(export_dir, tmp_path_factory) -> Path:
+    """``<repo>/tiny/1`` (a symlink to the export) and ``<repo>/tiny/2`` (a copy without
+    its OpenQASM programs, as an export made with --no-qasm)."""
+    repo = tmp_path_factory.mktemp("model_repository")
+    (repo / "tiny").mkdir()
+    (repo / "tiny" / "1").symlink_to(export_dir, target_is_directory=True)
+    shutil.copytree(export_dir, repo / "tiny" / "2", ignore=shutil.ignore_patterns("qasm"))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def servers(export_dir, repository_dir, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("server_logs")
+    common = ["--threads", "1", "--max-body-mb", "1"]
+    started = {
+        "server": ServerProcess(
+            [str(repository_dir), *common, "--max-batch-size", "8", "--max-queue-delay-ms", "20"],
+            logs / "server.log",
+        ),
+        "unbatched": ServerProcess(
+            [str(export_dir), *common, "--no-batching"], logs / "unbatched.log"
+        ),
+    }
+    try:
+        for s in started.values():
+            s.wait_ready()
+        yield started
+    finally:
+        codes = {name: s.stop() for name, s in started.items()}
+    for name, s in started.items():
+        assert codes[name] == 0, f"{name} did not stop gracefully:\n{s.log()}"
+        assert "Application shutdown complete" in s.log()
+
+
+@pytest.fixture(scope="session")
+def server(servers) -> ServerProcess:
+    return servers["server"]
+
+
+@pytest.fixture(scope="session")
+def unbatched(servers) -> ServerProcess:
+    return servers["unbatched"]
+
+
+@pytest.fixture(scope="session")
+def reference(export_dir) -> QWTHNSession:
+    """The same export in this process: what the server must answer."""
+    return QWTHNSession(export_dir, threads=1)
+
+
+def full_feed(session: QWTHNSession, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Every input of a prefill of ``ids`` [batch, seq], as the server fills them."""
+    batch, seq = ids.shape
+    cache = session.metadata.cache
+    feed = {
+        "input_ids": ids.astype(np.int64),
+        "attention_mask": np.ones((batch, seq), np.int64),
+        "position_ids": np.tile(np.arange(seq, dtype=np.int64), (batch, 1)),
+    }
+    for layer in range(cache["num_layers"]):
+        for name in past_names(layer):
+            feed[name] = np.zeros((batch, cache["num_kv_heads"], 0, cache["head_dim"]), np.float32)
+    return feed
+
+
+def ids_input(ids: np.ndarray) -> dict:
+    """The ``$request_input`` of token ids, as the specification writes it."""
+    return {
+        "name": "input_ids",
+        "shape": list(ids.shape),
+        "datatype": "INT64",
+        "data": ids.ravel().tolist(),
+    }
+
+
+def output_array(response: dict, name: str) -> np.ndarray:
+    (output,) = [o for o in response["outputs"] if o["name"] == name]
+    return np.asarray(output["data"], np.float32).reshape(output["shape"])
