@@ -254,3 +254,14 @@ def test_programs_that_do_not_fit_the_layer_are_refused(exported, tmp_path):
             n_inputs=3, n_weights=6))  # fmt: skip
     with pytest.raises(ConfigError, match="takes 4 angles"):
         QWTHNConfig(n_qubits=3, circuits={"m": paper_circuit(4, 1).to_dict()})
+
+
+def test_capture_without_the_kernel_library_uses_the_fallbacks(exported, monkeypatch, tmp_path):
+    _, result, _ = exported("llama")
+    ids = QWTHNSession(result.directory).encode(PROMPT)
+    with_kernels = capture_quantum_calls(result.directory, ids)
+    monkeypatch.setenv("QWTHN_OPS_LIBRARY", str(tmp_path / "missing.so"))
+    without = capture_quantum_calls(result.directory, ids)
+    for a, b in zip(with_kernels, without, strict=True):
+        np.testing.assert_allclose(a.inputs, b.inputs, atol=1e-5)
+        np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-5)
