@@ -5,9 +5,13 @@
   server fills in (a client may send only ``input_ids``).
 - ``protocol``: the protocol's JSON objects, and tensors to and from JSON.
 - ``batching``: dynamic batching of concurrent requests, onnxruntime off the event loop.
+- ``generation``: one text-generation request, checked, then generated a token at a time, its
+  text streamed in pieces that add up to the final text.
+- ``scheduler``: fair scheduling of generation: a worker thread per model version steps the
+  active requests round-robin, a token each.
 - ``app``: ``create_app(repository, settings)``, the FastAPI app (health, metadata, inference,
-  OpenQASM programs, Prometheus ``/metrics``, OpenAPI ``/docs``); ``middleware``, ``metrics``
-  and ``errors`` serve it.
+  text generation with server-sent events, OpenQASM programs, Prometheus ``/metrics``, OpenAPI
+  ``/docs``); ``middleware``, ``metrics`` and ``errors`` serve it.
 - ``cli``: ``qwthn-serve`` / ``python -m serving``.
 """
 

@@ -1,26 +1,32 @@
 """The inference server: Open Inference Protocol v2 (KServe v2) REST over a model repository.
 
 ``create_app(repository, settings)`` gives a FastAPI app with the protocol's health, metadata
-and inference endpoints, the exports' OpenQASM programs, Prometheus ``/metrics`` and OpenAPI
-docs at ``/docs``. Inference goes through a per-model-version Batcher (onnxruntime off the event
-loop, concurrent requests merged). Every error answers ``{"error": "<message>"}``.
+and inference endpoints, text generation (``generate``, and ``generate_stream`` with
+server-sent events, named after Triton's generate extension), the exports' OpenQASM programs,
+Prometheus ``/metrics`` and OpenAPI docs at ``/docs``. Inference goes through a
+per-model-version Batcher (onnxruntime off the event loop, concurrent requests merged),
+generation through a per-model-version GenerationScheduler (a token per request in turn).
+Every error answers ``{"error": "<message>"}``; one that happens after a stream has started
+is its last event, ``event: error``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -31,10 +37,19 @@ from serving.errors import (
     TimeoutExceededError,
     UnavailableError,
 )
+from serving.generation import (
+    GenerationJob,
+    GenerationPlan,
+    GenerationResult,
+    TokenEvent,
+    plan_generation,
+)
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.middleware import BodyLimitMiddleware, ErrorMiddleware, MetricsMiddleware
 from serving.protocol import (
     ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -46,6 +61,7 @@ from serving.protocol import (
     encode_response,
 )
 from serving.repository import ModelRepository
+from serving.scheduler import GenerationScheduler
 
 if TYPE_CHECKING:
     from serving.model import ServedModel
@@ -55,7 +71,8 @@ __all__ = ["SERVER_NAME", "Settings", "create_app"]
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "qwthn-serve"
-EXTENSIONS = ["qwthn_qasm"]  # GET /v2/models/{name}[/versions/{v}]/qasm
+# qwthn_qasm: GET .../qasm; generate: POST .../generate and .../generate_stream
+EXTENSIONS = ["qwthn_qasm", "generate"]
 _MODEL = "/v2/models/{model_name}"
 _VERSION = "/v2/models/{model_name}/versions/{model_version}"
 
@@ -69,12 +86,14 @@ def _server_version() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Batching and limits of a server (the ``qwthn-serve`` flags)."""
+    """Batching, scheduling and limits of a server (the ``qwthn-serve`` flags)."""
 
     max_batch_size: int = 8  # rows per merged run; 1: no batching
     max_queue_delay_ms: float = 5.0  # how long a request may wait for others to join it
     max_body_bytes: int = 16 * 2**20
-    timeout_s: float = 60.0  # per inference request, queue time included
+    timeout_s: float = 60.0  # per request (inference or generation), queue time included
+    max_tokens: int = 512  # the largest max_new_tokens a generation request may ask for
+    max_concurrent_generations: int = 8  # per model version; more wait in arrival order
 
     def __post_init__(self) -> None:
         checks = {
@@ -82,6 +101,8 @@ class Settings:
             "max_queue_delay_ms": self.max_queue_delay_ms >= 0,
             "max_body_bytes": self.max_body_bytes >= 1,
             "timeout_s": self.timeout_s > 0,
+            "max_tokens": self.max_tokens >= 1,
+            "max_concurrent_generations": self.max_concurrent_generations >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -99,9 +120,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The request did not finish in time",
     }.items()
 }
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+_CLIENT_GONE = 499  # nginx's "client closed request": the status a disconnect is counted under
+T = TypeVar("T")
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, what: str) -> str:
     """One line for the client from pydantic's errors (the first three), with where they are:
     ``inputs[0].shape: Field required``."""
     errors = error.errors()
@@ -112,7 +136,7 @@ def _describe(error: ValidationError) -> str:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
         parts.append(f"{where or 'request body'}: {e['msg']}")
     more = f"; {len(errors) - 3} more" if len(errors) > 3 else ""
-    return "invalid inference request: " + "; ".join(parts) + more
+    return f"invalid {what}: " + "; ".join(parts) + more
 
 
 def _with_schemas(app: FastAPI, *models: type[BaseModel]) -> Callable[[], dict[str, Any]]:
@@ -138,11 +162,70 @@ def _with_schemas(app: FastAPI, *models: type[BaseModel]) -> Callable[[], dict[s
     return openapi
 
 
+def _body_docs(model: type[BaseModel], responses: dict[int | str, Any]) -> dict[str, Any]:
+    """Route documentation for a body the route parses itself (listed by ``_with_schemas``)."""
+    return {
+        "responses": {**responses, **_ERRORS},
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            }
+        },
+    }
+
+
+def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
+    """One server-sent event; JSON escapes newlines, so ``data`` is one line."""
+    line = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return (f"event: {event}\n" if event else "").encode() + f"data: {line}\n\n".encode()
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Return when the client disconnects (the request body must have been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T | None:
+    """What ``awaitable`` gives, or None when the client disconnects first (``awaitable`` is
+    then cancelled): an answer nobody will read is not worth computing."""
+    work = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        work.cancel()
+        gone.cancel()
+    return work.result() if work.done() else None
+
+
+async def _events(
+    job: GenerationJob, answer: Callable[[GenerationResult], GenerateResponse]
+) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed generation: its tokens, ``answer`` of its result,
+    ``[DONE]``; or an error event. Starlette cancels this when the client disconnects, and
+    ``finally`` then stops the generation."""
+    try:
+        while isinstance(event := await job.next_event(), TokenEvent):
+            yield _sse(asdict(event))
+        yield _sse(answer(event).model_dump_json())
+        yield _sse("[DONE]")
+    except ServingError as e:
+        yield _sse({"error": e.message}, event="error")
+    finally:
+        job.cancel()
+
+
 def create_app(repository: ModelRepository, settings: Settings | None = None) -> FastAPI:
     """The server app for the loaded models of ``repository``.
 
-    The batchers' worker threads start and stop with the app's lifespan (uvicorn runs it);
-    the server is ready once they run.
+    The batchers' and schedulers' worker threads start and stop with the app's lifespan
+    (uvicorn runs it), after the tokenizers are loaded; the server is ready once they run.
     """
     settings = settings or Settings()
     metrics = Metrics()
@@ -157,15 +240,34 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
         )
         for model in repository
     }
+    generation_metrics = {
+        (model.name, model.version): metrics.generation(model.name, str(model.version))
+        for model in repository
+    }
+    schedulers = {
+        (model.name, model.version): GenerationScheduler(
+            name=model.label,
+            max_active=settings.max_concurrent_generations,
+            in_flight=generation_metrics[(model.name, model.version)].in_flight,
+        )
+        for model in repository
+    }
+    workers: list[Batcher | GenerationScheduler] = [*batchers.values(), *schedulers.values()]
+
+    def load_tokenizers() -> None:
+        for model in repository:
+            if model.generation_problem is None:
+                model.load_tokenizers()
 
     def stop_all() -> None:
-        for batcher in batchers.values():
-            batcher.stop()
+        for worker in workers:
+            worker.stop()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for batcher in batchers.values():
-            batcher.start()
+        await asyncio.to_thread(load_tokenizers)
+        for worker in workers:
+            worker.start()
         metrics.models_loaded.set(len(batchers))
         names = ", ".join(f"{m.name}/{m.version}" for m in repository)
         log.info("serving %d model version(s): %s", len(batchers), names)
@@ -181,7 +283,7 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
         description="Open Inference Protocol v2 (KServe v2) server for QWTHN exports",
         lifespan=lifespan,
     )
-    app.openapi = _with_schemas(app, InferenceRequest)  # type: ignore[method-assign]
+    app.openapi = _with_schemas(app, InferenceRequest, GenerateRequest)  # type: ignore[method-assign]
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ErrorMiddleware)
     # Outermost: sees every status. app.router.routes is the list the routes below join.
@@ -213,14 +315,14 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     @app.get("/v2/health/ready", tags=["health"], responses={503: _ERRORS[503]})
     async def server_ready() -> ServerReady:
         """Every model is loaded and taking requests (Kubernetes readinessProbe)."""
-        idle = [b.name for b in batchers.values() if not b.running]
+        idle = list(dict.fromkeys(w.name for w in workers if not w.running))
         if idle:
             raise UnavailableError(f"not ready: {', '.join(idle)} not running")
         return ServerReady(ready=True)
 
     def model_ready(name: str, version: str | None) -> ModelReady:
         model, batcher = batcher_of(name, version)
-        if not batcher.running:
+        if not (batcher.running and schedulers[(model.name, model.version)].running):
             raise UnavailableError(f"{model.label} is not ready")
         return ModelReady(name=model.name, ready=True)
 
@@ -276,7 +378,7 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             try:
                 parsed = InferenceRequest.model_validate_json(body)
             except ValidationError as e:
-                raise BadRequestError(_describe(e)) from e
+                raise BadRequestError(_describe(e, "inference request")) from e
             return parsed, model.prepare(parsed.inputs), model.select_outputs(parsed.outputs)
 
         try:
@@ -288,32 +390,111 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             ) from e
         return Response(content, media_type="application/json")
 
-    infer_docs: dict[str, Any] = {
-        "tags": ["inference"],
-        "responses": {200: {"model": InferenceResponse}, **_ERRORS},
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/InferenceRequest"}
-                    }
-                },
-            }
-        },
-    }
+    infer_docs = _body_docs(InferenceRequest, {200: {"model": InferenceResponse}})
 
-    @app.post(_MODEL + "/infer", **infer_docs)
+    @app.post(_MODEL + "/infer", tags=["inference"], **infer_docs)
     async def model_default_infer(model_name: str, request: Request) -> Response:
         """Run the default version. A causal LM needs only ``input_ids``: the server fills an
         empty KV cache, an all-ones ``attention_mask`` and ``position_ids``."""
         return await infer(model_name, None, request)
 
-    @app.post(_VERSION + "/infer", **infer_docs)
+    @app.post(_VERSION + "/infer", tags=["inference"], **infer_docs)
     async def model_version_infer(
         model_name: str, model_version: str, request: Request
     ) -> Response:
         return await infer(model_name, model_version, request)
+
+    # Text generation (extension "generate").
+
+    async def generate(name: str, version: str | None, request: Request, stream: bool) -> Response:
+        received = time.monotonic()
+        model = repository.get(name, version)
+        key = (model.name, model.version)
+        problem = model.generation_problem
+        if problem is not None:
+            raise BadRequestError(problem)
+        body = await request.body()
+
+        def parse(body: bytes) -> tuple[GenerateRequest, GenerationPlan]:
+            try:
+                parsed = GenerateRequest.model_validate_json(body)
+            except ValidationError as e:
+                raise BadRequestError(_describe(e, "generate request")) from e
+            return parsed, plan_generation(model, parsed, settings.max_tokens)
+
+        # Off the event loop: the tokenizer may take a while over a long prompt.
+        parsed, plan = await asyncio.to_thread(parse, body)
+        job = GenerationJob(
+            model,
+            plan,
+            generation_metrics[key],
+            stream=stream,
+            received=received,
+            timeout_s=settings.timeout_s,
+        )
+        schedulers[key].submit(job)
+        request_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
+
+        def answer(result: GenerationResult) -> GenerateResponse:
+            return GenerateResponse(
+                model_name=model.name,
+                model_version=str(model.version),
+                id=request_id,
+                completion_tokens=len(result.token_ids),
+                **asdict(result),
+            )
+
+        if not stream:
+            try:
+                result = await _unless_disconnected(request, job.result())
+            finally:
+                job.cancel()
+            if result is None:
+                return JSONResponse({"error": "the client disconnected"}, _CLIENT_GONE)
+            return Response(answer(result).model_dump_json(), media_type="application/json")
+
+        return StreamingResponse(
+            _events(job, answer), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+
+    generate_docs = _body_docs(GenerateRequest, {200: {"model": GenerateResponse}})
+    stream_docs = _body_docs(
+        GenerateRequest,
+        {
+            200: {
+                "description": "Server-sent events: one per token, then the result, then [DONE]",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+
+    @app.post(_MODEL + "/generate", tags=["generation"], **generate_docs)
+    async def model_default_generate(model_name: str, request: Request) -> Response:
+        """Generate text from ``prompt`` with the default version (Triton's generate extension
+        endpoint; the body is ``GenerateRequest``). Greedy unless ``do_sample``; the text ends at
+        the model's eos token, a ``stop`` string (cut off), ``max_new_tokens`` or the context."""
+        return await generate(model_name, None, request, stream=False)
+
+    @app.post(_VERSION + "/generate", tags=["generation"], **generate_docs)
+    async def model_version_generate(
+        model_name: str, model_version: str, request: Request
+    ) -> Response:
+        return await generate(model_name, model_version, request, stream=False)
+
+    @app.post(_MODEL + "/generate_stream", tags=["generation"], **stream_docs)
+    async def model_default_generate_stream(model_name: str, request: Request) -> Response:
+        """``generate`` as server-sent events (Triton's generate_stream): ``data: {"token_id",
+        "text", "index"}`` per token as it is generated (the text pieces add up to the final
+        text), then ``data:`` the ``generate`` answer and ``data: [DONE]``. An error after the
+        stream began is its last event, ``event: error`` with ``data: {"error": ...}``; a client
+        that disconnects stops its generation."""
+        return await generate(model_name, None, request, stream=True)
+
+    @app.post(_VERSION + "/generate_stream", tags=["generation"], **stream_docs)
+    async def model_version_generate_stream(
+        model_name: str, model_version: str, request: Request
+    ) -> Response:
+        return await generate(model_name, model_version, request, stream=True)
 
     # OpenQASM 3 (extension "qwthn_qasm").
 

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.errors import UnavailableError
+from serving.worker import QueueWorker
 
 __all__ = ["BatchStats", "Batcher"]
 
@@ -60,7 +60,7 @@ class _Pending:
         return self.future.done()
 
 
-class Batcher:
+class Batcher(QueueWorker["_Pending"]):
     """Merges concurrent requests for one model version into batched runs.
 
     Args:
@@ -72,6 +72,8 @@ class Batcher:
         mergeable: False when the model's tensors are not batch-major (never merge).
         observe: called with each run's BatchStats (on the worker thread).
     """
+
+    kind = "batcher"
 
     def __init__(
         self,
@@ -87,48 +89,24 @@ class Batcher:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue_delay_s < 0:
             raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s}")
+        super().__init__(name)
         self._run = run
-        self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.merging = mergeable and max_batch_size > 1
         self._observe = observe
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()  # None: stop
-        self._thread: threading.Thread | None = None
-        self._accepting = False
-
-    @property
-    def running(self) -> bool:
-        return self._accepting and self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Start the worker thread."""
-        if self._thread is not None:
-            raise RuntimeError(f"batcher {self.name} was started already")
-        self._thread = threading.Thread(target=self._work, name=f"batcher {self.name}", daemon=True)
-        self._accepting = True
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish the queued ones, and end the worker thread."""
-        self._accepting = False
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
 
     async def submit(self, feed: Feed, outputs: Sequence[str]) -> Feed:
         """Run ``feed`` (possibly merged with other requests) and return ``outputs`` of it.
 
         Cancelling the caller (e.g. a timeout) drops the request if it has not run yet.
         """
-        if not self.running:
-            raise UnavailableError(f"{self.name} is not accepting requests (starting or stopping)")
         loop = asyncio.get_running_loop()
         first = next(iter(feed.values()))
         rows = first.shape[0] if first.ndim else 1
         signature = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in feed.items()))
         pending = _Pending(feed, outputs, loop.create_future(), loop, rows, signature)
-        self._queue.put(pending)
+        self._enqueue(pending)
         return await pending.future
 
     # The worker thread.

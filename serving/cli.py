@@ -2,7 +2,8 @@
 
 Loads every model version first (a bad path or model exits with 2 before anything listens),
 then runs uvicorn. SIGTERM or Ctrl-C stops it gracefully: no new connections, in-flight
-requests finish (up to ``--timeout-s``), queued batches run, and the command exits with 0.
+requests and streams finish (up to ``--timeout-s``), queued batches and generations run, and
+the command exits with 0.
 """
 
 from __future__ import annotations
@@ -81,7 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout-s",
         type=_bounded(float, 0, strict=True),
         default=60.0,
-        help="per inference request, queue time included; later: 504 (default: %(default)s)",
+        help="per request (inference or generation), queue time included; later: 504, or an "
+        "error event ending a stream (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=_bounded(int, 1),
+        default=512,
+        help="largest max_new_tokens a generation request may ask for; more: 400 "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-concurrent-generations",
+        type=_bounded(int, 1),
+        default=8,
+        help="generation requests per model version that generate at once, a token each in "
+        "turn; more wait in arrival order (default: %(default)s)",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p
@@ -148,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_body_bytes=int(args.max_body_mb * 2**20),
         timeout_s=args.timeout_s,
+        max_tokens=args.max_tokens,
+        max_concurrent_generations=args.max_concurrent_generations,
     )
     server = uvicorn.Server(
         uvicorn.Config(

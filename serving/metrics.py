@@ -3,6 +3,8 @@ in tests, do not share counts)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,10 +16,22 @@ from prometheus_client import (
 
 from serving.batching import BatchStats
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "GenerationMetrics", "Metrics"]
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_GENERATION_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    """The generation metrics of one model version, labelled once: the scheduler thread updates
+    them per token, where a label lookup each time would cost more than the update."""
+
+    tokens: Counter
+    in_flight: Gauge
+    first_token_seconds: Histogram
+    seconds: Histogram
 
 
 class Metrics:
@@ -67,6 +81,32 @@ class Metrics:
             buckets=_SIZES,
             registry=r,
         )
+        self.generated_tokens = Counter(
+            "qwthn_generated_tokens",
+            "Tokens generated (completion tokens, a request's stop token included)",
+            ["model", "version"],
+            registry=r,
+        )
+        self.generations_in_flight = Gauge(
+            "qwthn_generation_requests_in_flight",
+            "Generation requests queued or generating",
+            ["model", "version"],
+            registry=r,
+        )
+        self.first_token_seconds = Histogram(
+            "qwthn_time_to_first_token_seconds",
+            "Generation requests: request received to first token generated",
+            ["model", "version"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.generation_seconds = Histogram(
+            "qwthn_generation_duration_seconds",
+            "Generation requests that finished (stop or length): request received to last token",
+            ["model", "version"],
+            buckets=_GENERATION_SECONDS,
+            registry=r,
+        )
         self.models_loaded = Gauge(
             "qwthn_models_loaded", "Model versions loaded and serving", registry=r
         )
@@ -81,6 +121,15 @@ class Metrics:
         self.run_seconds.labels(model, version).observe(stats.run_seconds)
         self.batch_rows.labels(model, version).observe(stats.rows)
         self.batch_requests.labels(model, version).observe(stats.requests)
+
+    def generation(self, model: str, version: str) -> GenerationMetrics:
+        """The generation metrics of one model version, for its scheduler and jobs."""
+        return GenerationMetrics(
+            tokens=self.generated_tokens.labels(model, version),
+            in_flight=self.generations_in_flight.labels(model, version),
+            first_token_seconds=self.first_token_seconds.labels(model, version),
+            seconds=self.generation_seconds.labels(model, version),
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,12 +5,19 @@ Exports are causal LMs with a KV cache (see ``qwthn_onnx.runtime.signature``). A
 only wants logits should not have to build an empty cache, a mask and positions, so the server
 fills what is missing: an empty cache (past length 0), an all-ones mask, and positions from the
 mask (0..S-1 for a prefill), exactly as ``QWTHNSession.generate`` would.
+
+For text generation a version also encodes prompts and decodes new tokens. A Hugging Face fast
+tokenizer must not be used from two threads at once (it fails with "Already borrowed"), so
+prompts are encoded one at a time under a lock, and the generation scheduler's thread decodes
+with a copy of its own: decoding never waits for a long prompt to be encoded.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,7 @@ from qwthn_onnx.runtime.signature import (
     LOGITS,
     POSITION_IDS,
     past_names,
+    present_names,
 )
 from serving.errors import BadRequestError, NotFoundError, ServingError
 from serving.protocol import NUMPY_DTYPES, RequestInput, RequestOutput, decode_tensor
@@ -97,6 +105,8 @@ class ServedModel:
         # Requests merge on dim 0 only when every tensor is batch-major along one named dim.
         first = {spec.dims[0] if spec.dims else None for spec in self._specs()}
         self.batch_major = len(first) == 1 and isinstance(next(iter(first)), str)
+        self._encode_lock = threading.Lock()
+        self._decoder: Any | None = None
 
     def _specs(self) -> list[TensorSpec]:
         return [*self.inputs.values(), *self.outputs.values()]
@@ -210,6 +220,46 @@ class ServedModel:
         """One onnxruntime call (thread-safe; the GIL is released while it runs)."""
         names = list(outputs)
         return dict(zip(names, self.session.session.run(names, feed), strict=True))
+
+    # Text generation.
+
+    @property
+    def generation_problem(self) -> str | None:
+        """Why this version cannot generate text (for a 400), or None when it can."""
+        layers = range(self.session.metadata.cache["num_layers"])
+        needed_inputs = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *self.past]
+        needed_outputs = [LOGITS, *(n for layer in layers for n in present_names(layer))]
+        missing = [n for n in needed_inputs if n not in self.inputs]
+        missing += [n for n in needed_outputs if n not in self.outputs]
+        if missing:
+            return (
+                f"{self.label} is not a causal LM with a KV cache (it lacks "
+                f"{', '.join(map(repr, missing))}); text generation needs one"
+            )
+        if self.session.metadata.tokenizer is None:
+            return (
+                f"{self.label} carries no tokenizer (its export has none), so it cannot encode "
+                f"a prompt; send token ids to /infer instead"
+            )
+        return None
+
+    def load_tokenizers(self) -> Any:
+        """Load the tokenizer and the scheduler's copy (returned) now, not in a first request."""
+        with self._encode_lock:
+            if self._decoder is None:
+                self._decoder = copy.deepcopy(self.session.tokenizer)
+            return self._decoder
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids, bos first, as ``QWTHNSession.encode`` gives them."""
+        with self._encode_lock:
+            return self.session.encode(prompt)
+
+    def decode(self, ids: Sequence[int], skip: Collection[int]) -> str:
+        """The text of generated ``ids`` without the ``skip`` (stop) tokens, decoded as
+        ``QWTHNSession.generate`` does. Only the generation scheduler's thread may call it."""
+        decoder = self._decoder if self._decoder is not None else self.load_tokenizers()
+        return decoder.decode([t for t in ids if t not in skip], skip_special_tokens=True)
 
     def metadata(self, versions: Sequence[int], extra: dict[str, Any]) -> dict[str, Any]:
         """The ``$metadata_model_response`` of this version (``extra`` joins ``parameters``)."""

@@ -3,22 +3,36 @@
 The models follow the specification's JSON objects field for field
 (https://github.com/kserve/open-inference-protocol), so they double as the OpenAPI schema of
 the server. Tensor data arrives row-major, flat or nested; it leaves flat.
+
+``GenerateRequest`` and ``GenerateResponse`` are the bodies of the text-generation endpoints
+(named after Triton's generate extension; the fields are ours: the prompt and
+``GenerationConfig``'s sampling parameters, with the ``QWTHNSession.generate`` defaults).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 
 from serving.errors import BadRequestError, ServingError
 
 __all__ = [
     "NUMPY_DTYPES",
     "ErrorResponse",
+    "GenerateRequest",
+    "GenerateResponse",
     "InferenceRequest",
     "InferenceResponse",
     "MetadataTensor",
@@ -188,6 +202,48 @@ class QasmResponse(BaseModel):
     model_version: str
     reading: str
     layers: dict[str, QasmProgram]
+
+
+# Stop strings are checked after every token on the scheduler's thread, which all requests to a
+# model version share: bounded, so that no request can slow down the others' tokens.
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+
+class GenerateRequest(BaseModel):
+    """The body of ``generate`` and ``generate_stream``. Strict: a misspelt field or a string for
+    a number is a 400, not a silently used default."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prompt: str
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = Field(0, description="0: no top-k filter")
+    top_p: float = Field(1.0, description="1: no nucleus filter")
+    seed: Annotated[int, Field(ge=0)] | None = Field(None, description="sampling seed")
+    stop: list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] = Field(
+        [],
+        max_length=MAX_STOP_STRINGS,
+        description="strings that end the text (they are cut off)",
+    )
+    id: str | None = None
+
+
+class GenerateResponse(BaseModel):
+    """The answer of ``generate``, and the last event of ``generate_stream``."""
+
+    model_name: str
+    model_version: str
+    id: str
+    text: str
+    token_ids: list[int] = Field(description="new tokens, a stop token or string included")
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"] = Field(
+        description="stop: a stop token or string; length: max_new_tokens or the context"
+    )
 
 
 def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:

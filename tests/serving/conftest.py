@@ -1,12 +1,15 @@
 """A tiny exported model, and real server processes on loopback serving it.
 
 The export is built once per session (~10 s). Two servers start side by side: ``server`` on a
-Triton-like repository ``<repo>/tiny/{1,2}/`` with batching, ``unbatched`` on the export
-directory itself with ``--no-batching``. Both must stop gracefully (exit 0) on SIGTERM.
+Triton-like repository ``<repo>/tiny/{1,2}/`` with batching (and generation limits of its own:
+``--max-tokens 200 --max-concurrent-generations 4``), ``unbatched`` on the export directory
+itself with ``--no-batching``. Both must stop gracefully (exit 0) on SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -14,11 +17,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import ExportOptions, export_model
 from qwthn_onnx.runtime.session import QWTHNSession
@@ -27,6 +33,7 @@ from tests.exporters.conftest import make_model_pt
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR_NAME = "tiny-llama"  # the single-export server's model name
+MAX_TOKENS = 200  # the --max-tokens of ``server``
 
 
 def free_port() -> int:
@@ -101,7 +108,12 @@ def servers(export_dir, repository_dir, tmp_path_factory):
     common = ["--threads", "1", "--max-body-mb", "1"]
     started = {
         "server": ServerProcess(
-            [str(repository_dir), *common, "--max-batch-size", "8", "--max-queue-delay-ms", "20"],
+            [
+                str(repository_dir),
+                *common,
+                *("--max-batch-size", "8", "--max-queue-delay-ms", "20"),
+                *("--max-tokens", str(MAX_TOKENS), "--max-concurrent-generations", "4"),
+            ],
             logs / "server.log",
         ),
         "unbatched": ServerProcess(
@@ -163,3 +175,92 @@ def ids_input(ids: np.ndarray) -> dict:
 def output_array(response: dict, name: str) -> np.ndarray:
     (output,) = [o for o in response["outputs"] if o["name"] == name]
     return np.asarray(output["data"], np.float32).reshape(output["shape"])
+
+
+@dataclass
+class Streamed:
+    """A ``generate_stream`` answer, its events checked for form."""
+
+    tokens: list[dict]  # {"token_id", "text", "index"}, index 0, 1, ...
+    final: dict | None  # the last event before [DONE]: the generate answer
+    error: str | None  # the message of an ``event: error``, which ends a stream instead
+
+    @property
+    def text(self) -> str:
+        return "".join(t["text"] for t in self.tokens)
+
+
+def parse_stream(lines: Iterable[str]) -> Streamed:
+    """The events of a server-sent event stream (its lines, without line ends)."""
+    events: list[tuple[str, str]] = []
+    kind, data = "message", []
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data.append(line.removeprefix("data: "))
+        elif not line and data:
+            events.append((kind, "\n".join(data)))
+            kind, data = "message", []
+    assert not data, "the stream ended inside an event"
+    if events and events[-1][0] == "error":
+        return Streamed(_tokens(events[:-1]), None, json.loads(events[-1][1])["error"])
+    assert events[-1] == ("message", "[DONE]"), events[-3:]
+    assert events[-2][0] == "message"
+    return Streamed(_tokens(events[:-2]), json.loads(events[-2][1]), None)
+
+
+def _tokens(events: list[tuple[str, str]]) -> list[dict]:
+    tokens = [json.loads(data) for _, data in events]
+    assert all(kind == "message" for kind, _ in events)
+    assert all(list(t) == ["token_id", "text", "index"] for t in tokens)
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    return tokens
+
+
+async def finishing_order(
+    url: str, model: str, long: dict, short: dict, longs: int
+) -> list[tuple[str, dict]]:
+    """``longs`` streams of ``long`` and, once each has its first token, one ``short`` generate
+    request to model ``model``: who finished in which order ("long 1", ..., "short"), with
+    their answers."""
+    finished: list[tuple[str, dict]] = []
+    first_tokens = asyncio.Semaphore(0)
+    async with httpx.AsyncClient(base_url=f"{url}/v2/models/{model}", timeout=60) as client:
+
+        async def run_long(name: str) -> None:
+            async with client.stream("POST", "/generate_stream", json=long) as r:
+                lines = []
+                async for line in r.aiter_lines():
+                    if not lines:
+                        first_tokens.release()
+                    lines.append(line)
+            finished.append((name, parse_stream(lines).final))
+
+        async def run_short() -> None:
+            for _ in range(longs):
+                await first_tokens.acquire()
+            r = await client.post("/generate", json=short)
+            finished.append(("short", r.json()))
+
+        await asyncio.gather(*(run_long(f"long {i + 1}") for i in range(longs)), run_short())
+    return finished
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """One sample of the server's ``/metrics`` (0 when absent, as for a count not yet made)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def wait_idle(client: httpx.Client, timeout: float = 5.0, **labels: str) -> float:
+    """Seconds until no generation of a model version (``labels``) is in flight; fails after
+    ``timeout``."""
+    start = time.monotonic()
+    while metric(client, "qwthn_generation_requests_in_flight", **labels) != 0:
+        assert time.monotonic() - start < timeout, "generations still in flight"
+        time.sleep(0.01)
+    return time.monotonic() - start

@@ -70,11 +70,20 @@ def test_not_ready_until_the_lifespan_starts(repository):
     assert client.get(f"/v2/models/{MODEL_DIR_NAME}/ready").status_code == 503
     r = client.post(INFER, json=REQUEST)
     assert r.status_code == 503 and "not accepting requests" in r.json()["error"]
+    r = client.post(f"/v2/models/{MODEL_DIR_NAME}/generate", json={"prompt": "a"})
+    assert r.status_code == 503 and "not accepting requests" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_batch_size": 0}, {"max_queue_delay_ms": -1}, {"max_body_bytes": 0}, {"timeout_s": 0}],
+    [
+        {"max_batch_size": 0},
+        {"max_queue_delay_ms": -1},
+        {"max_body_bytes": 0},
+        {"timeout_s": 0},
+        {"max_tokens": 0},
+        {"max_concurrent_generations": 0},
+    ],
 )
 def test_settings_are_checked(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

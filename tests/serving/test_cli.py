@@ -36,7 +36,14 @@ def test_a_version_that_is_not_an_export_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--max-batch-size", "0"], ["--timeout-s", "0"], ["--max-body-mb", "x"], ["--port", "-1"]],
+    [
+        ["--max-batch-size", "0"],
+        ["--timeout-s", "0"],
+        ["--max-body-mb", "x"],
+        ["--port", "-1"],
+        ["--max-tokens", "0"],
+        ["--max-concurrent-generations", "0"],
+    ],
 )
 def test_bad_flags_exit_2(tmp_path, flags, capsys):
     with pytest.raises(SystemExit) as info:
@@ -54,3 +61,4 @@ def test_defaults():
         5.0,
     )
     assert (args.max_body_mb, args.timeout_s, args.no_batching) == (16.0, 60.0, False)
+    assert (args.max_tokens, args.max_concurrent_generations) == (512, 8)

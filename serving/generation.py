@@ -1,0 +1,272 @@
+"""One text-generation request: checked, encoded, then generated a token at a time.
+
+``plan_generation`` checks a request against the model and the server's limits and encodes its
+prompt. A ``GenerationJob`` is then created on the event loop and stepped, one token per step,
+by its model version's scheduler thread (``serving.scheduler``); it posts what it produces to
+the request's coroutine on the event loop, which awaits ``next_event()`` or ``result()``.
+
+The text is the one ``QWTHNSession.generate`` gives: all new tokens decoded without stop tokens,
+cut where a stop string begins. While streaming, ``TextStream`` hands out only text that can no
+longer change: it holds back a tail that may still grow into a stop string and an incomplete
+UTF-8 character, so the pieces concatenate to the final text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError
+from serving.errors import BadRequestError, ServingError, TimeoutExceededError
+from serving.metrics import GenerationMetrics
+from serving.protocol import GenerateRequest
+
+if TYPE_CHECKING:
+    from serving.model import ServedModel
+
+__all__ = [
+    "GenerationJob",
+    "GenerationPlan",
+    "GenerationResult",
+    "TextStream",
+    "TokenEvent",
+    "plan_generation",
+]
+
+_REPLACEMENT = "\ufffd"  # what a decoder gives for a UTF-8 sequence whose last bytes are to come
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A checked request: what to generate from which prompt tokens."""
+
+    prompt_ids: list[int]
+    config: GenerationConfig
+    stop: tuple[str, ...]  # stop strings, empty ones left out (as QWTHNSession.generate does)
+    stop_ids: frozenset[int]  # the model's eos besides config.stop_token_ids
+    budget: int  # the most new tokens: max_new_tokens, fewer where the context ends first
+
+
+def plan_generation(
+    model: ServedModel, request: GenerateRequest, max_tokens: int
+) -> GenerationPlan:
+    """Check ``request`` and encode its prompt (blocking: the tokenizer runs).
+
+    Raises BadRequestError naming the problem: a bad sampling parameter (GenerationError's
+    message), ``max_new_tokens`` over ``max_tokens``, a prompt without tokens or longer than the
+    model's context.
+    """
+    config = GenerationConfig(
+        max_new_tokens=request.max_new_tokens,
+        do_sample=request.do_sample,
+        temperature=request.temperature,
+        top_k=request.top_k,
+        top_p=request.top_p,
+        seed=request.seed,
+    )
+    try:
+        config.validate()
+    except GenerationError as e:
+        raise BadRequestError(str(e)) from e
+    if config.max_new_tokens > max_tokens:
+        raise BadRequestError(
+            f"max_new_tokens {config.max_new_tokens} is over this server's limit of {max_tokens} "
+            f"(--max-tokens)"
+        )
+    ids = model.encode(request.prompt)
+    if not ids:
+        raise BadRequestError(f"the prompt encodes to no tokens ({model.label} has no bos token)")
+    context = model.session.max_length
+    if context is not None and len(ids) > context:
+        raise BadRequestError(
+            f"the prompt has {len(ids)} tokens but the context of {model.label} is {context}"
+        )
+    budget = config.max_new_tokens
+    if context is not None:  # generation stops where the context is full
+        budget = min(budget, context - len(ids))
+    stop_ids = frozenset(model.session._stop_ids(config).stop_token_ids)
+    return GenerationPlan(ids, config, tuple(s for s in request.stop if s), stop_ids, budget)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token, and the new text that is safe to send with it (maybe none)."""
+
+    token_id: int
+    text: str
+    index: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation, as ``QWTHNSession.generate`` would give it."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (stop token or string) or "length"
+
+
+class TextStream:
+    """The text of the generated tokens as it grows, cut at stop strings, in pieces to send.
+
+    Pieces concatenate to ``final_text()`` as long as decoding more tokens only appends to the
+    text (byte-level BPE, SentencePiece, character vocabularies: yes). A tokenizer that rewrites
+    decoded text, such as one that cleans up tokenization spaces, can change text already sent;
+    then nothing more is sent but the final text, which the last event carries whole.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: Sequence[str]) -> None:
+        self._decode = decode
+        self.stop = tuple(stop)
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = ""
+
+    def push(self, token: int) -> bool:
+        """Add a token; True when the text now holds a stop string."""
+        self.ids.append(token)
+        self.text = self._decode(self.ids)
+        return any(s in self.text for s in self.stop)
+
+    def final_text(self) -> str:
+        """The text cut where a stop string begins (QWTHNSession.generate's rule)."""
+        text = self.text
+        for s in self.stop:
+            if s in text:
+                text = text[: text.index(s)]
+        return text
+
+    def piece(self, final: bool) -> str:
+        """The text not sent yet that can be sent now: all of the final text when ``final``."""
+        text = self.final_text() if final else self.text
+        if not text.startswith(self.sent):
+            return ""
+        piece = text[len(self.sent) : len(text) if final else self._settled()]
+        self.sent += piece
+        return piece
+
+    def _settled(self) -> int:
+        """How much of the text is settled: all but an incomplete character at its end and a
+        tail that may still grow into a stop string."""
+        text = self.text.rstrip(_REPLACEMENT)
+        end = len(text)
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    end = min(end, len(text) - n)
+                    break
+        return end
+
+
+Event = TokenEvent | GenerationResult | ServingError
+
+
+class GenerationJob:
+    """One request's generation: stepped by the scheduler thread, awaited on the event loop.
+
+    Args:
+        model: the model version (its session generates; its scheduler-thread tokenizer decodes).
+        plan: the checked request.
+        metrics: tokens, time to first token and duration go there.
+        stream: post an event per token (else only the result).
+        received: ``time.monotonic()`` when the request arrived; time to first token, duration
+            and the deadline count from it.
+        timeout_s: the request's time limit, queue time included.
+    """
+
+    def __init__(
+        self,
+        model: ServedModel,
+        plan: GenerationPlan,
+        metrics: GenerationMetrics,
+        *,
+        stream: bool,
+        received: float,
+        timeout_s: float,
+    ) -> None:
+        self.label = model.label
+        self.prompt_tokens = len(plan.prompt_ids)
+        self.cancelled = False  # set on the event loop, read by the scheduler thread
+        self._tokens: Iterator[list[int | None]] = model.session.stream_ids(
+            [plan.prompt_ids], plan.config
+        )
+        self._text = TextStream(partial(model.decode, skip=plan.stop_ids), plan.stop)
+        self._stop_ids = plan.stop_ids
+        self._budget = plan.budget
+        self._metrics = metrics
+        self._stream = stream
+        self._received = received
+        self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    # The scheduler thread.
+
+    def step(self) -> bool:
+        """Generate the next token and post it; True when the generation is over (the result
+        is posted)."""
+        if self._budget == 0:  # max_new_tokens 0, or a prompt that fills the context
+            return self._finish("length")
+        (token,) = next(self._tokens)  # a batch of one: a token until we stop asking
+        index = len(self._text.ids)
+        stopped = self._text.push(token) or token in self._stop_ids
+        done = stopped or index + 1 == self._budget
+        self._metrics.tokens.inc()
+        if index == 0:
+            self._metrics.first_token_seconds.observe(time.monotonic() - self._received)
+        if self._stream:
+            self._post(TokenEvent(token, self._text.piece(final=done), index))
+        if done:
+            self._finish("stop" if stopped else "length")
+        return done
+
+    def fail(self, error: ServingError) -> None:
+        """End the request with ``error``."""
+        self._post(error)
+
+    def _finish(self, reason: str) -> bool:
+        self._metrics.seconds.observe(time.monotonic() - self._received)
+        ids = list(self._text.ids)
+        self._post(GenerationResult(self._text.final_text(), ids, self.prompt_tokens, reason))
+        return True
+
+    def _post(self, event: Event) -> None:
+        # asyncio queues are not thread-safe: put on the request's own loop.
+        with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits any more
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    # The event loop.
+
+    def cancel(self) -> None:
+        """Stop generating for this request (the scheduler drops it at its next turn)."""
+        self.cancelled = True
+
+    async def next_event(self) -> TokenEvent | GenerationResult:
+        """The next token (streaming only) or the result, which comes last.
+
+        Raises the ServingError the generation failed with, or TimeoutExceededError once the
+        request's time is up.
+        """
+        remaining = self._received + self._timeout_s - time.monotonic()
+        try:
+            event = await asyncio.wait_for(self._events.get(), max(remaining, 0.0))
+        except asyncio.TimeoutError as e:
+            raise TimeoutExceededError(
+                f"{self.label}: generation did not finish within {self._timeout_s:g} s "
+                f"(--timeout-s)"
+            ) from e
+        if isinstance(event, ServingError):
+            raise event
+        return event
+
+    async def result(self) -> GenerationResult:
+        """The finished generation (token events are skipped)."""
+        while not isinstance(event := await self.next_event(), GenerationResult):
+            pass
+        return event

@@ -1,0 +1,119 @@
+"""Fair scheduling of text generation: one worker thread per model version steps its active
+requests round-robin, one token each per round.
+
+Interleaving is what makes it fair: every active request advances at the same rate, so a long
+generation never holds up a short one, and a request that arrives while others generate gets
+its first token within one round instead of after them. At most ``max_active`` requests
+generate at once (each holds a KV cache); later ones wait in arrival order and join as soon as
+one finishes. Each request steps its own batch-of-one token iterator
+(``QWTHNSession.stream_ids``), so requests never wait for each other's onnxruntime calls to be
+merged; running all active requests as one batched call per round would raise throughput and
+may come later.
+
+The event loop never blocks on generation: requests await the events their job posts
+(``serving.generation.GenerationJob``). A cancelled job (timeout, client gone) is dropped at its
+next turn, queued or active, so no token is generated for nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections import deque
+from typing import Protocol
+
+from prometheus_client import Gauge
+
+from serving.errors import ServingError, UnavailableError
+from serving.worker import QueueWorker
+
+__all__ = ["GenerationScheduler", "Job"]
+
+log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    """What the scheduler needs of a request (``GenerationJob``, or a test's stand-in)."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def step(self) -> bool:
+        """Generate one token; True when the job is over."""
+        ...
+
+    def fail(self, error: ServingError) -> None: ...
+
+
+class GenerationScheduler(QueueWorker["Job"]):
+    """Round-robin token-by-token generation for one model version, on a worker thread.
+
+    Args:
+        name: for the thread's name and messages.
+        max_active: how many requests generate at once; others wait in arrival order.
+        in_flight: the gauge of requests queued or generating.
+    """
+
+    kind = "generation"
+
+    def __init__(self, *, name: str, max_active: int, in_flight: Gauge) -> None:
+        if max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active}")
+        super().__init__(name)
+        self.max_active = max_active
+        self._in_flight = in_flight
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; its events tell the caller how it goes."""
+        self._enqueue(job)
+        self._in_flight.inc()
+
+    # The worker thread.
+
+    def _work(self) -> None:
+        waiting: deque[Job] = deque()
+        active: list[Job] = []
+        stopping = False
+        while waiting or active or not stopping:
+            idle = not (waiting or active or stopping)
+            stopping = self._collect(waiting, block=idle) or stopping
+            waiting = deque(job for job in waiting if not (job.cancelled and self._leave()))
+            while waiting and len(active) < self.max_active:
+                active.append(waiting.popleft())
+            active = [job for job in active if not self._advance(job)]  # one round
+        # A job that raced with stop() past the check in submit(): answer, don't strand it.
+        self._collect(waiting, block=False)
+        for job in waiting:
+            job.fail(UnavailableError(f"{self.name} is shutting down"))
+            self._leave()
+
+    def _collect(self, waiting: deque[Job], block: bool) -> bool:
+        """Move submitted jobs to ``waiting`` (waiting for one when ``block``); True when a stop
+        was among them."""
+        stop = False
+        try:
+            item = self._queue.get() if block else self._queue.get_nowait()
+            while True:
+                if item is None:
+                    stop = True
+                else:
+                    waiting.append(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return stop
+
+    def _advance(self, job: Job) -> bool:
+        """Step ``job`` once; True when it leaves (cancelled, finished or failed)."""
+        if not job.cancelled:
+            try:
+                if not job.step():
+                    return False
+            except Exception as e:
+                log.exception("%s: a generation failed", self.name)
+                job.fail(ServingError(f"{self.name}: generation failed: {type(e).__name__}: {e}"))
+        return self._leave()
+
+    def _leave(self) -> bool:
+        """Count a job out of the in-flight gauge; True (the job leaves), for the filters."""
+        self._in_flight.dec()
+        return True
