@@ -71,6 +71,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from peers.runner import Make, Measurement, measure
+from system_info import machine_info
 
 import qwthn_onnx
 from qwthn_onnx import native
@@ -539,19 +540,6 @@ def meminfo_gib(field_name: str) -> float:
         return int(next(line.split()[1] for line in f if line.startswith(field_name))) / 2**20
 
 
-def machine_info(threads: int, gemm: float) -> dict[str, Any]:
-    """CPU model, cores, memory, and the measured GEMM rate the bound divides by."""
-    with open("/proc/cpuinfo") as f:
-        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return {
-        "cpu": models[0] if models else platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(meminfo_gib("MemTotal"), 1),
-        "threads": threads,
-        "sgemm_gflops_per_core": round(gemm / 1e9, 1),
-    }
-
-
 def our_versions() -> dict[str, str]:
     """Versions in this (the package's) environment."""
     return {
@@ -653,7 +641,11 @@ def main() -> None:
         budget=args.budget or (10 if args.quick else 30),
         memory_gib=args.memory_gib,
     )
-    machine = machine_info(args.threads, gemm_flops_per_second())
+    machine = machine_info(
+        memory_gib=round(meminfo_gib("MemTotal"), 1),
+        threads=args.threads,
+        sgemm_gflops_per_core=round(gemm_flops_per_second() / 1e9, 1),
+    )
     print(
         f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
         f"{args.threads} thread(s); sgemm {machine['sgemm_gflops_per_core']} GFLOP/s per core.\n"

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import statistics
 import sys
@@ -50,6 +49,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
+from system_info import machine_info
 from torch import nn
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
@@ -398,16 +398,6 @@ def target_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    with open("/proc/cpuinfo") as f:
-        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return {
-        "cpu": models[0] if models else platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-    }
-
-
 def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
@@ -432,7 +422,7 @@ def main() -> None:
         else Settings(prompts=(32, 128), context=32, steps=32, repeats=10, threads=args.threads)
     )
     names = CONFIGS[:1] if args.quick else CONFIGS
-    machine = machine_info(args.threads)
+    machine = machine_info(threads=args.threads)
     start = time.perf_counter()
     results = {}
     for name in names:

@@ -62,6 +62,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import uvicorn
+from system_info import machine_info
 
 import qwthn_onnx
 from exporters.export import ExportOptions, export_model
@@ -520,15 +521,6 @@ def where_time_goes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
             f"--max-queue-delay-ms {MAX_QUEUE_DELAY_MS:g} for others to join it)"
         )
     return lines
-
-
-def machine_info() -> dict[str, Any]:
-    with open("/proc/cpuinfo") as f:
-        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return {
-        "cpu": models[0] if models else platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-    }
 
 
 def versions() -> dict[str, str]:
