@@ -27,8 +27,15 @@ from qwthn_onnx.circuit import Circuit
 from qwthn_onnx.circuit.sampling import ShotEstimator, deviation_in_standard_errors
 from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
+from qwthn_onnx.runtime.metadata import ExportMetadata
 from qwthn_onnx.runtime.session import QWTHNSession, resolve_model_path
-from qwthn_onnx.runtime.signature import ATTENTION_MASK, INPUT_IDS, POSITION_IDS
+from qwthn_onnx.runtime.signature import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    POSITION_IDS,
+    empty_cache,
+    position_ids,
+)
 
 __all__ = [
     "JOB_INDEX",
@@ -65,19 +72,16 @@ def quantum_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == "QuantumLayer"]
 
 
-def _prefill_feed(session: ort.InferenceSession, ids: list[int]) -> dict[str, np.ndarray]:
+def _prefill_feed(meta: ExportMetadata, ids: list[int]) -> dict[str, np.ndarray]:
     tokens = np.asarray([ids], dtype=np.int64)
-    feed = {
+    mask = np.ones_like(tokens)
+    cache_dtype = np.float16 if meta.base_model["dtype"] == "float16" else np.float32
+    return {
         INPUT_IDS: tokens,
-        ATTENTION_MASK: np.ones_like(tokens),
-        POSITION_IDS: np.arange(tokens.shape[1], dtype=np.int64)[None],
+        ATTENTION_MASK: mask,
+        POSITION_IDS: position_ids(mask, tokens.shape[1]),
+        **empty_cache(meta.cache, 1, cache_dtype),
     }
-    for value in session.get_inputs():
-        if value.name not in feed:  # the cache: empty for a prefill
-            _, heads, _, head_dim = value.shape
-            dtype = np.float16 if value.type == "tensor(float16)" else np.float32
-            feed[value.name] = np.zeros((1, heads, 0, head_dim), dtype)
-    return feed
 
 
 def capture_quantum_calls(model_path: str | Path, ids: list[int]) -> list[QuantumCall]:
@@ -95,7 +99,8 @@ def capture_quantum_calls(model_path: str | Path, ids: list[int]) -> list[Quantu
         options = ort.SessionOptions()
     session = ort.InferenceSession(model.SerializeToString(), options)
     names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(names, _prefill_feed(session, ids)), strict=True))
+    feed = _prefill_feed(ExportMetadata.from_model(model, where=str(path)), ids)
+    values = dict(zip(names, session.run(names, feed), strict=True))
     return [
         QuantumCall(
             layer=layer_of_node(node),

@@ -30,7 +30,9 @@ from qwthn_onnx.runtime.signature import (
     INPUT_IDS,
     LOGITS,
     POSITION_IDS,
+    empty_cache,
     past_names,
+    position_ids,
     present_names,
 )
 from serving.errors import BadRequestError, NotFoundError, ServingError
@@ -187,21 +189,15 @@ class ServedModel:
     def _fill_defaults(self, feed: dict[str, np.ndarray]) -> None:
         batch, seq = feed[INPUT_IDS].shape
         if self.past[0] not in feed:
-            cache = self.session.metadata.cache
-            for name in self.past:
-                dtype = NUMPY_DTYPES[self.inputs[name].datatype]
-                feed[name] = np.zeros((batch, cache["num_kv_heads"], 0, cache["head_dim"]), dtype)
+            dtype = NUMPY_DTYPES[self.inputs[self.past[0]].datatype]
+            feed.update(empty_cache(self.session.metadata.cache, batch, dtype))
         past = feed[self.past[0]].shape[2]
         if ATTENTION_MASK not in feed:
             dtype = NUMPY_DTYPES[self.inputs[ATTENTION_MASK].datatype]
             feed[ATTENTION_MASK] = np.ones((batch, past + seq), dtype)
         if POSITION_IDS not in feed:
-            # As generation does (and transformers): positions count the attended tokens, so a
-            # left-padded row starts at 0; padding gets 1.
-            mask = feed[ATTENTION_MASK]
-            positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1, dtype=np.int64) - 1)
             dtype = NUMPY_DTYPES[self.inputs[POSITION_IDS].datatype]
-            feed[POSITION_IDS] = positions[:, past:].astype(dtype)
+            feed[POSITION_IDS] = position_ids(feed[ATTENTION_MASK], seq).astype(dtype)
 
     def select_outputs(self, requested: Sequence[RequestOutput] | None) -> list[str]:
         """Names of the outputs to return: all of them, or the requested ones in order."""

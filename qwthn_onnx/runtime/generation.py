@@ -18,7 +18,9 @@ from qwthn_onnx.runtime.signature import (
     INPUT_IDS,
     LOGITS,
     POSITION_IDS,
+    empty_cache,
     past_names,
+    position_ids,
     present_names,
 )
 
@@ -115,11 +117,8 @@ def generate_tokens(
     for row, prompt in enumerate(prompts):
         ids[row, longest - len(prompt) :] = prompt
         mask[row, longest - len(prompt) :] = 1
-    past = {
-        name: np.zeros((batch, num_kv_heads, 0, head_dim), dtype=cache_dtype)
-        for layer in range(num_layers)
-        for name in past_names(layer)
-    }
+    geometry = {"num_layers": num_layers, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    past = empty_cache(geometry, batch, cache_dtype)
     rng = np.random.default_rng(config.seed)
     stop = set(config.stop_token_ids)
     done = np.zeros(batch, dtype=bool)
@@ -127,8 +126,7 @@ def generate_tokens(
     for _ in range(config.max_new_tokens):
         if max_length is not None and mask.shape[1] >= max_length:
             return
-        positions = np.cumsum(mask, axis=-1) - 1
-        positions = np.where(mask == 0, 1, positions)[:, -new_ids.shape[1] :]
+        positions = position_ids(mask, new_ids.shape[1])
         outputs = step({INPUT_IDS: new_ids, ATTENTION_MASK: mask, POSITION_IDS: positions, **past})
         tokens = _next_tokens(outputs[LOGITS][:, -1, :], config, rng)
         tokens = np.where(done, pad_token_id, tokens)
