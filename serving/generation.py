@@ -89,7 +89,7 @@ def plan_generation(
     budget = config.max_new_tokens
     if context is not None:  # generation stops where the context is full
         budget = min(budget, context - len(ids))
-    stop_ids = frozenset(model.session._stop_ids(config).stop_token_ids)
+    stop_ids = frozenset(model.session.stop_config(config).stop_token_ids)
     return GenerationPlan(ids, config, tuple(s for s in request.stop if s), stop_ids, budget)
 
 

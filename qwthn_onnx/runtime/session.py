@@ -128,7 +128,8 @@ class QWTHNSession:
             value = value[0] if value else None
         return value if isinstance(value, int) else None
 
-    def _stop_ids(self, config: GenerationConfig) -> GenerationConfig:
+    def stop_config(self, config: GenerationConfig) -> GenerationConfig:
+        """``config`` with the model's eos token(s) added to its stop tokens."""
         eos = self.config.get("eos_token_id")
         eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
         stop = tuple(dict.fromkeys([*config.stop_token_ids, *eos_ids]))
@@ -141,7 +142,7 @@ class QWTHNSession:
 
         The model's eos token always stops a sequence, besides ``config.stop_token_ids``.
         """
-        config = self._stop_ids(config or GenerationConfig())
+        config = self.stop_config(config or GenerationConfig())
         pad = self._special("pad_token_id")
         pad = pad if pad is not None else (self._special("eos_token_id") or 0)
         cache = self.metadata.cache
@@ -207,7 +208,7 @@ class QWTHNSession:
             seed=seed,
         )
         encoded = [self.encode(p) for p in prompts]
-        stops = set(self._stop_ids(config).stop_token_ids)
+        stops = set(self.stop_config(config).stop_token_ids)
         new: list[list[int]] = [[] for _ in prompts]
         finished: list[str | None] = [None] * len(prompts)
         for step in self.stream_ids(encoded, config):
