@@ -43,7 +43,7 @@ from exporters.verify import VerifyReport, verify_export
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_directory, tokenizer_to_files
 from qwthn_onnx.adapter import QWTHNModel
-from qwthn_onnx.checkpoint import LoadedModel, load_model_pt, read_model_pt
+from qwthn_onnx.checkpoint import LoadedModel, model_from_payload, read_model_pt
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.schemas import register_schemas
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
@@ -273,7 +273,7 @@ def export_model(
     with _timed(seconds, "load model.pt", progress):
         payload = read_model_pt(model_pt)
         check_architecture(payload["base_model"]["architecture"])
-        loaded = load_model_pt(model_pt)
+        loaded = model_from_payload(payload)
         if options.dtype != "float32":
             _cast_base(loaded, options.dtype)
         metadata = _metadata(loaded, payload, options.dtype)

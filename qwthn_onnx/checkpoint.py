@@ -38,6 +38,7 @@ __all__ = [
     "ModelFileError",
     "check_output_file",
     "load_model_pt",
+    "model_from_payload",
     "read_model_pt",
     "save_model_pt",
 ]
@@ -240,7 +241,11 @@ def _build_tokenizer(files: dict[str, Any]) -> Any:
 
 def load_model_pt(path: str | Path) -> LoadedModel:
     """Rebuild the adapted model (and tokenizer) from ``model.pt``."""
-    payload = read_model_pt(path)
+    return model_from_payload(read_model_pt(path))
+
+
+def model_from_payload(payload: dict[str, Any]) -> LoadedModel:
+    """Rebuild the model from a payload :func:`read_model_pt` returned (read the file once)."""
     base = _build_base(payload["base_model"])
     model = QWTHNModel(base, QWTHNConfig.from_dict(payload["adapter"]["config"]))
     model.load_adapter_state_dict(payload["adapter"]["state_dict"])
