@@ -264,3 +264,16 @@ def wait_idle(client: httpx.Client, timeout: float = 5.0, **labels: str) -> floa
         assert time.monotonic() - start < timeout, "generations still in flight"
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def repository(export_dir):
+    """The export loaded in-process, for tests that build the app themselves."""
+    from serving import ModelRepository
+
+    return ModelRepository.load(export_dir, threads=1)
+
+
+@pytest.fixture
+def model(repository):
+    return next(iter(repository))

@@ -7,21 +7,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serving import ModelRepository, Settings, create_app
+from serving import Settings, create_app
 from tests.serving.conftest import MODEL_DIR_NAME, ids_input
 
 INFER = f"/v2/models/{MODEL_DIR_NAME}/infer"
 REQUEST = {"inputs": [ids_input(np.array([[1, 2, 3]]))], "outputs": [{"name": "logits"}]}
-
-
-@pytest.fixture(scope="module")
-def repository(export_dir):
-    return ModelRepository.load(export_dir, threads=1)
-
-
-@pytest.fixture
-def model(repository):
-    return next(iter(repository))
 
 
 def test_an_exception_in_a_request_is_500_and_the_server_goes_on(repository, model, monkeypatch):

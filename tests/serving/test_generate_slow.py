@@ -28,16 +28,6 @@ LONG = {"prompt": "", "max_new_tokens": 100}  # about 1 s when slowed
 LABELS = {"model": MODEL_DIR_NAME, "version": "1"}
 
 
-@pytest.fixture(scope="module")
-def repository(export_dir):
-    return ModelRepository.load(export_dir, threads=1)
-
-
-@pytest.fixture
-def model(repository):
-    return next(iter(repository))
-
-
 @pytest.fixture
 def slow(model, monkeypatch):
     """Every generated token takes DELAY_S longer (on the scheduler's thread, like real work)."""
