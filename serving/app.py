@@ -55,6 +55,7 @@ from serving.protocol import (
     ModelMetadata,
     ModelReady,
     QasmResponse,
+    RepositoryModel,
     ServerLive,
     ServerMetadata,
     ServerReady,
@@ -71,8 +72,9 @@ __all__ = ["SERVER_NAME", "Settings", "create_app"]
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "qwthn-serve"
-# qwthn_qasm: GET .../qasm; generate: POST .../generate and .../generate_stream
-EXTENSIONS = ["qwthn_qasm", "generate"]
+# qwthn_qasm: GET .../qasm; generate: POST .../generate and .../generate_stream;
+# model_repository: POST /v2/repository/index (Triton's, the index only: no load or unload)
+EXTENSIONS = ["qwthn_qasm", "generate", "model_repository"]
 _MODEL = "/v2/models/{model_name}"
 _VERSION = "/v2/models/{model_name}/versions/{model_version}"
 
@@ -320,9 +322,13 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             raise UnavailableError(f"not ready: {', '.join(idle)} not running")
         return ServerReady(ready=True)
 
+    def model_is_ready(model: ServedModel) -> bool:
+        key = (model.name, model.version)
+        return batchers[key].running and schedulers[key].running
+
     def model_ready(name: str, version: str | None) -> ModelReady:
-        model, batcher = batcher_of(name, version)
-        if not (batcher.running and schedulers[(model.name, model.version)].running):
+        model = repository.get(name, version)
+        if not model_is_ready(model):
             raise UnavailableError(f"{model.label} is not ready")
         return ModelReady(name=model.name, ready=True)
 
@@ -340,6 +346,19 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     @app.get("/v2", tags=["metadata"])
     async def server_metadata() -> ServerMetadata:
         return ServerMetadata(name=SERVER_NAME, version=app.version, extensions=EXTENSIONS)
+
+    @app.post("/v2/repository/index", tags=["metadata"])
+    async def repository_index() -> list[RepositoryModel]:
+        """Every model version served, by name then version (Triton's repository index)."""
+        return [
+            RepositoryModel(
+                name=model.name,
+                version=str(model.version),
+                state="READY" if model_is_ready(model) else "UNAVAILABLE",
+                generation=model.generation_problem is None,
+            )
+            for model in sorted(repository, key=lambda m: (m.name, m.version))
+        ]
 
     def model_metadata(name: str, version: str | None) -> ModelMetadata:
         model, batcher = batcher_of(name, version)

@@ -41,6 +41,7 @@ __all__ = [
     "Parameters",
     "QasmProgram",
     "QasmResponse",
+    "RepositoryModel",
     "RequestInput",
     "RequestOutput",
     "ResponseOutput",
@@ -163,6 +164,15 @@ class ServerMetadata(BaseModel):
     name: str
     version: str
     extensions: list[str]
+
+
+class RepositoryModel(BaseModel):
+    """One entry of the repository index (Triton's model-repository extension)."""
+
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    generation: bool = Field(description="whether the version takes /generate requests")
 
 
 class ServerLive(BaseModel):

@@ -45,7 +45,16 @@ def test_health_and_server_metadata(client):
     assert r.status_code == 200 and r.json()["ready"] is True
     meta = client.get("/v2").json()
     assert meta["name"] == "qwthn-serve" and meta["version"]
-    assert "qwthn_qasm" in meta["extensions"]
+    assert {"qwthn_qasm", "model_repository"} <= set(meta["extensions"])
+
+
+def test_repository_index_lists_every_version(client):
+    r = client.post("/v2/repository/index")
+    assert r.status_code == 200, r.text
+    assert r.json() == [
+        {"name": "tiny", "version": "1", "state": "READY", "generation": True},
+        {"name": "tiny", "version": "2", "state": "READY", "generation": True},
+    ]
 
 
 def test_model_metadata_shapes_datatypes_and_adapters(client, reference):
