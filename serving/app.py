@@ -63,6 +63,7 @@ from serving.protocol import (
 )
 from serving.repository import ModelRepository
 from serving.scheduler import GenerationScheduler
+from serving.webpage import add_web_page
 
 if TYPE_CHECKING:
     from serving.model import ServedModel
@@ -91,7 +92,9 @@ class Settings:
     """Batching, scheduling and limits of a server (the ``qwthn-serve`` flags)."""
 
     max_batch_size: int = 8  # rows per merged run; 1: no batching
-    max_queue_delay_ms: float = 5.0  # how long a request may wait for others to join it
+    # How long a request may wait for others to join it. 0 (as Triton's default) still merges
+    # what queues up while the model runs, and a lone request never waits.
+    max_queue_delay_ms: float = 0.0
     max_body_bytes: int = 16 * 2**20
     timeout_s: float = 60.0  # per request (inference or generation), queue time included
     max_tokens: int = 512  # the largest max_new_tokens a generation request may ask for
@@ -125,6 +128,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
 _CLIENT_GONE = 499  # nginx's "client closed request": the status a disconnect is counted under
 T = TypeVar("T")
+# Up to these sizes an inference request is parsed, and its answer encoded, on the event loop:
+# each takes well under a millisecond there (measured: 25 µs for a 16-token request, 23 µs for
+# its 1,280 logits).
+_INLINE_BYTES = 64 * 2**10
+_INLINE_ELEMENTS = 32 * 2**10
 
 
 def _describe(error: ValidationError, what: str) -> str:
@@ -179,6 +187,11 @@ def _body_docs(model: type[BaseModel], responses: dict[int | str, Any]) -> dict[
             }
         },
     }
+
+
+async def _on_loop_if_small(work: Callable[[], T], size: int, limit: int) -> T:
+    """``work()`` on the event loop when ``size`` is within ``limit``, else in a thread."""
+    return work() if size <= limit else await asyncio.to_thread(work)
 
 
 def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -383,17 +396,21 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
 
         async def run() -> bytes:
             # The body is parsed here, not as a FastAPI body parameter: any content type is
-            # taken (curl -d sends form encoding), and parsing and encoding megabytes of JSON
-            # run off the event loop, as onnxruntime does.
-            parsed, feed, outputs = await asyncio.to_thread(parse, body)
+            # taken (curl -d sends form encoding). Small bodies and answers are handled on
+            # the event loop (tens of microseconds, less than a hop to a thread and back);
+            # large ones in a thread, so that megabytes of JSON do not stall other requests.
+            parsed, feed, outputs = await _on_loop_if_small(parse, len(body), _INLINE_BYTES)
             result = await batcher.submit(feed, outputs)
             typed = {n: (model.outputs[n].datatype, result[n]) for n in outputs}
             request_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
-            return await asyncio.to_thread(
-                encode_response, model.name, str(model.version), request_id, typed
+            size = sum(a.size for _, a in typed.values())
+            return await _on_loop_if_small(
+                partial(encode_response, model.name, str(model.version), request_id, typed),
+                size,
+                _INLINE_ELEMENTS,
             )
 
-        def parse(body: bytes) -> tuple[InferenceRequest, dict[str, Any], list[str]]:
+        def parse() -> tuple[InferenceRequest, dict[str, Any], list[str]]:
             try:
                 parsed = InferenceRequest.model_validate_json(body)
             except ValidationError as e:
@@ -532,4 +549,5 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    add_web_page(app)
     return app

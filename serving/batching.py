@@ -68,7 +68,8 @@ class Batcher(QueueWorker["_Pending"]):
         name: for the thread's name and log messages.
         max_batch_size: the most rows one merged run may hold (a larger request runs alone);
             1 turns merging off.
-        max_queue_delay_s: how long the oldest request may wait for others to join it.
+        max_queue_delay_s: how long the oldest request may wait for others to join it; with 0
+            a batch is what queued up while the previous run ran.
         mergeable: False when the model's tensors are not batch-major (never merge).
         observe: called with each run's BatchStats (on the worker thread).
     """
@@ -81,7 +82,7 @@ class Batcher(QueueWorker["_Pending"]):
         *,
         name: str,
         max_batch_size: int = 8,
-        max_queue_delay_s: float = 0.005,
+        max_queue_delay_s: float = 0.0,
         mergeable: bool = True,
         observe: Callable[[BatchStats], None] | None = None,
     ) -> None:

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-queue-delay-ms",
         type=_bounded(float, 0),
-        default=5.0,
-        help="how long a request may wait for others to batch with (default: %(default)s)",
+        default=0.0,
+        help="how long a request may wait for others to batch with; 0: batch what queued up "
+        "while the model was busy (default: %(default)s)",
     )
     p.add_argument(
         "--no-batching", action="store_true", help="run every request alone (--max-batch-size 1)"

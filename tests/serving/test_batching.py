@@ -16,11 +16,13 @@ class Recorder:
 
     def __init__(self, fail_when=None) -> None:
         self.batches: list[int] = []
+        self.calls = 0  # counted on entry, before a hold
         self.fail_when = fail_when
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, feed, outputs):
+        self.calls += 1
         self.release.wait(10)
         x = feed["x"]
         self.batches.append(x.shape[0])
@@ -51,6 +53,31 @@ def test_concurrent_requests_merge_and_split_back():
     for x, result in zip(feeds, results, strict=True):
         np.testing.assert_array_equal(result["y"], 2 * x)
         assert list(result) == ["y"]
+
+
+def test_without_a_queue_delay_requests_that_queue_during_a_run_merge():
+    run = Recorder()
+    batcher = _batcher(run, max_batch_size=8)  # max_queue_delay_s 0, the default
+
+    async def scenario():
+        alone = await batcher.submit({"x": np.ones((1, 3), np.float32)}, ["y"])
+        run.release.clear()  # the next run holds while six more requests queue behind it
+        first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 3), np.float32)}, ["y"]))
+        while run.calls < 2:  # the worker holds it
+            await asyncio.sleep(0.001)
+        feeds = [np.full((1, 3), i, np.float32) for i in range(6)]
+        rest = asyncio.gather(*(batcher.submit({"x": x}, ["y"]) for x in feeds))
+        await asyncio.sleep(0.05)
+        run.release.set()
+        return alone, await first, await rest, feeds
+
+    alone, first, rest, feeds = asyncio.run(scenario())
+    batcher.stop()
+    np.testing.assert_array_equal(alone["y"], np.full((1, 3), 2, np.float32))
+    assert run.batches == [1, 1, 6]  # alone; the held run; the six queued meanwhile, as one
+    np.testing.assert_array_equal(first["y"], np.zeros((1, 3)))
+    for x, result in zip(feeds, rest, strict=True):
+        np.testing.assert_array_equal(result["y"], 2 * x)
 
 
 def test_different_shapes_never_merge_and_rows_are_capped():

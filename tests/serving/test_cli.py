@@ -58,7 +58,7 @@ def test_defaults():
         "127.0.0.1",
         8000,
         8,
-        5.0,
+        0.0,
     )
     assert (args.max_body_mb, args.timeout_s, args.no_batching) == (16.0, 60.0, False)
     assert (args.max_tokens, args.max_concurrent_generations) == (512, 8)

@@ -55,16 +55,33 @@ def test_bad_tensors_name_the_problem(tensor, datatype, fragment):
 
 def test_response_is_flat_row_major_and_exact():
     values = np.array([[0.1, 1e-8], [3.0, -2.5]], np.float32)
-    body = json.loads(encode_response("m", "1", "id-1", {"y": ("FP32", values)}))
+    body = json.loads(encode_response("m", "1", "id-1", {"y": ("FP32", values.T)}))
+    data = body["outputs"][0].pop("data")
     assert body == {
         "model_name": "m",
         "model_version": "1",
         "id": "id-1",
-        "outputs": [
-            {"name": "y", "datatype": "FP32", "shape": [2, 2], "data": values.ravel().tolist()}
-        ],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2, 2]}],
     }
-    assert np.array_equal(np.asarray(body["outputs"][0]["data"], np.float32), values.ravel())
+    # Row-major order of the (non-contiguous) array given, each value read back exactly.
+    assert np.array_equal(np.asarray(data, np.float32), values.T.ravel())
+
+
+@pytest.mark.parametrize(
+    ("datatype", "array"),
+    [
+        ("FP16", np.array([0.1, -65504, 6e-8], np.float16)),
+        ("FP64", np.array([0.1, 1e-300, -2.5])),
+        ("INT64", np.array([-(2**63), 2**63 - 1], np.int64)),
+        ("UINT8", np.array([0, 255], np.uint8)),
+        ("BOOL", np.array([True, False])),
+    ],
+)
+def test_response_data_reads_back_exactly_in_every_datatype(datatype, array):
+    body = json.loads(encode_response("m", "1", "i", {"y": (datatype, array)}))
+    data = body["outputs"][0]["data"]
+    assert np.array_equal(np.asarray(data, array.dtype), array)
+    assert all(isinstance(v, bool) for v in data) == (datatype == "BOOL")
 
 
 def test_non_finite_outputs_are_a_server_error_naming_them():
