@@ -5,7 +5,8 @@ and inference endpoints, text generation (``generate``, and ``generate_stream`` 
 server-sent events, named after Triton's generate extension), the exports' OpenQASM programs,
 Prometheus ``/metrics`` and OpenAPI docs at ``/docs``. Inference goes through a
 per-model-version Batcher (onnxruntime off the event loop, concurrent requests merged),
-generation through a per-model-version GenerationScheduler (a token per request in turn).
+generation through a per-model-version GenerationScheduler (a token for every active request
+per round, decoded as one batch).
 Every error answers ``{"error": "<message>"}``; one that happens after a stream has started
 is its last event, ``event: error``.
 """
@@ -30,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from qwthn_onnx.runtime.decoding import BatchDecoder
 from serving.batching import Batcher
 from serving.errors import (
     BadRequestError,
@@ -262,6 +264,13 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     schedulers = {
         (model.name, model.version): GenerationScheduler(
             name=model.label,
+            decode=BatchDecoder(
+                model.session.run,
+                model.session.metadata.cache,
+                model.session.cache_dtype,
+                max_batch=settings.max_batch_size,
+                observe=generation_metrics[(model.name, model.version)].decode_batch.observe,
+            ).step,
             max_active=settings.max_concurrent_generations,
             in_flight=generation_metrics[(model.name, model.version)].in_flight,
         )
@@ -468,7 +477,8 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             received=received,
             timeout_s=settings.timeout_s,
         )
-        schedulers[key].submit(job)
+        if not job.finished:
+            schedulers[key].submit(job)
         request_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
 
         def answer(result: GenerationResult) -> GenerateResponse:

@@ -1,9 +1,10 @@
 """One text-generation request: checked, encoded, then generated a token at a time.
 
 ``plan_generation`` checks a request against the model and the server's limits and encodes its
-prompt. A ``GenerationJob`` is then created on the event loop and stepped, one token per step,
-by its model version's scheduler thread (``serving.scheduler``); it posts what it produces to
-the request's coroutine on the event loop, which awaits ``next_event()`` or ``result()``.
+prompt. A ``GenerationJob`` is then created on the event loop; its model version's scheduler
+thread (``serving.scheduler``) decodes its ``sequence`` with the other active ones and hands it
+each token (``accept``); it posts what it produces to the request's coroutine on the event
+loop, which awaits ``next_event()`` or ``result()``.
 
 The text is the one ``QWTHNSession.generate`` gives: all new tokens decoded without stop tokens,
 cut where a stop string begins. While streaming, ``TextStream`` hands out only text that can no
@@ -16,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from qwthn_onnx.runtime.decoding import DecodingSequence
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError
 from serving.errors import BadRequestError, ServingError, TimeoutExceededError
 from serving.metrics import GenerationMetrics
@@ -168,7 +170,7 @@ Event = TokenEvent | GenerationResult | ServingError
 
 
 class GenerationJob:
-    """One request's generation: stepped by the scheduler thread, awaited on the event loop.
+    """One request's generation: decoded by the scheduler thread, awaited on the event loop.
 
     Args:
         model: the model version (its session generates; its scheduler-thread tokenizer decodes).
@@ -193,9 +195,7 @@ class GenerationJob:
         self.label = model.label
         self.prompt_tokens = len(plan.prompt_ids)
         self.cancelled = False  # set on the event loop, read by the scheduler thread
-        self._tokens: Iterator[list[int | None]] = model.session.stream_ids(
-            [plan.prompt_ids], plan.config
-        )
+        self.sequence = DecodingSequence(plan.prompt_ids, plan.config)
         self._text = TextStream(partial(model.decode, skip=plan.stop_ids), plan.stop)
         self._stop_ids = plan.stop_ids
         self._budget = plan.budget
@@ -205,15 +205,20 @@ class GenerationJob:
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        if self.finished:
+            self._finish("length")
 
     # The scheduler thread.
 
-    def step(self) -> bool:
-        """Generate the next token and post it; True when the generation is over (the result
-        is posted)."""
-        if self._budget == 0:  # max_new_tokens 0, or a prompt that fills the context
-            return self._finish("length")
-        (token,) = next(self._tokens)  # a batch of one: a token until we stop asking
+    @property
+    def finished(self) -> bool:
+        """Over before it began: nothing to generate (max_new_tokens 0, or a prompt that fills
+        the context); the result is posted already."""
+        return self._budget == 0
+
+    def accept(self, token: int) -> bool:
+        """Take the next token and post it; True when the generation is over (the result is
+        posted)."""
         index = len(self._text.ids)
         stopped = self._text.push(token) or token in self._stop_ids
         done = stopped or index + 1 == self._budget

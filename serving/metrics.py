@@ -32,6 +32,7 @@ class GenerationMetrics:
     in_flight: Gauge
     first_token_seconds: Histogram
     seconds: Histogram
+    decode_batch: Histogram
 
 
 class Metrics:
@@ -107,6 +108,13 @@ class Metrics:
             buckets=_GENERATION_SECONDS,
             registry=r,
         )
+        self.decode_batch = Histogram(
+            "qwthn_generation_batch_size",
+            "Generation requests decoded together in one onnxruntime call (prefills run alone)",
+            ["model", "version"],
+            buckets=_SIZES,
+            registry=r,
+        )
         self.models_loaded = Gauge(
             "qwthn_models_loaded", "Model versions loaded and serving", registry=r
         )
@@ -129,6 +137,7 @@ class Metrics:
             in_flight=self.generations_in_flight.labels(model, version),
             first_token_seconds=self.first_token_seconds.labels(model, version),
             seconds=self.generation_seconds.labels(model, version),
+            decode_batch=self.decode_batch.labels(model, version),
         )
 
     def render(self) -> bytes:

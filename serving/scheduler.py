@@ -1,18 +1,18 @@
-"""Fair scheduling of text generation: one worker thread per model version steps its active
-requests round-robin, one token each per round.
+"""Fair, batched scheduling of text generation: one worker thread per model version gives every
+active request one token per round, all of them in one onnxruntime call.
 
-Interleaving is what makes it fair: every active request advances at the same rate, so a long
+Rounds are what make it fair: every active request advances at the same rate, so a long
 generation never holds up a short one, and a request that arrives while others generate gets
-its first token within one round instead of after them. At most ``max_active`` requests
-generate at once (each holds a KV cache); later ones wait in arrival order and join as soon as
-one finishes. Each request steps its own batch-of-one token iterator
-(``QWTHNSession.stream_ids``), so requests never wait for each other's onnxruntime calls to be
-merged; running all active requests as one batched call per round would raise throughput and
-may come later.
+its first token within one round instead of after them. A round is one
+``BatchDecoder.step``: new requests' prompts are prefilled alone, the others decode together
+as one batch (up to the server's max batch size per call), which on a CPU costs little more than
+one of them alone. At most ``max_active`` requests generate at once (each holds a KV cache);
+later ones wait in arrival order and join as soon as one finishes.
 
 The event loop never blocks on generation: requests await the events their job posts
 (``serving.generation.GenerationJob``). A cancelled job (timeout, client gone) is dropped at its
-next turn, queued or active, so no token is generated for nobody.
+next turn, queued or active, so no token is generated for nobody. A job whose forward pass or
+decoding fails gets a 500 alone; the others go on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import queue
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import Gauge
 
@@ -38,28 +39,39 @@ class Job(Protocol):
     @property
     def cancelled(self) -> bool: ...
 
-    def step(self) -> bool:
-        """Generate one token; True when the job is over."""
+    @property
+    def sequence(self) -> Any:
+        """What ``decode`` takes for this job (a DecodingSequence)."""
+        ...
+
+    def accept(self, token: int) -> bool:
+        """Take the next token; True when the job is over."""
         ...
 
     def fail(self, error: ServingError) -> None: ...
 
 
+# The next token of each sequence, or the exception its forward pass raised (BatchDecoder.step).
+Decode = Callable[[Sequence[Any]], Sequence["int | Exception"]]
+
+
 class GenerationScheduler(QueueWorker["Job"]):
-    """Round-robin token-by-token generation for one model version, on a worker thread.
+    """Batched round-robin generation for one model version, on a worker thread.
 
     Args:
         name: for the thread's name and messages.
+        decode: the model version's ``BatchDecoder.step``.
         max_active: how many requests generate at once; others wait in arrival order.
         in_flight: the gauge of requests queued or generating.
     """
 
     kind = "generation"
 
-    def __init__(self, *, name: str, max_active: int, in_flight: Gauge) -> None:
+    def __init__(self, *, name: str, decode: Decode, max_active: int, in_flight: Gauge) -> None:
         if max_active < 1:
             raise ValueError(f"max_active must be >= 1, got {max_active}")
         super().__init__(name)
+        self._decode = decode
         self.max_active = max_active
         self._in_flight = in_flight
 
@@ -80,7 +92,9 @@ class GenerationScheduler(QueueWorker["Job"]):
             waiting = deque(job for job in waiting if not (job.cancelled and self._leave()))
             while waiting and len(active) < self.max_active:
                 active.append(waiting.popleft())
-            active = [job for job in active if not self._advance(job)]  # one round
+            active = [job for job in active if not (job.cancelled and self._leave())]
+            if active:
+                active = self._round(active)
         # A job that raced with stop() past the check in submit(): answer, don't strand it.
         self._collect(waiting, block=False)
         for job in waiting:
@@ -102,16 +116,25 @@ class GenerationScheduler(QueueWorker["Job"]):
         except queue.Empty:
             return stop
 
-    def _advance(self, job: Job) -> bool:
-        """Step ``job`` once; True when it leaves (cancelled, finished or failed)."""
-        if not job.cancelled:
+    def _round(self, active: list[Job]) -> list[Job]:
+        """A token for every active job; the jobs that go on."""
+        try:
+            outcomes = list(self._decode([job.sequence for job in active]))
+        except Exception as e:  # decode keeps failures per sequence; this would be a bug
+            outcomes = [e] * len(active)
+        going_on = []
+        for job, outcome in zip(active, outcomes, strict=True):
             try:
-                if not job.step():
-                    return False
+                if isinstance(outcome, Exception):
+                    raise outcome
+                if not job.accept(outcome):
+                    going_on.append(job)
+                    continue
             except Exception as e:
-                log.exception("%s: a generation failed", self.name)
+                log.error("%s: a generation failed", self.name, exc_info=e)
                 job.fail(ServingError(f"{self.name}: generation failed: {type(e).__name__}: {e}"))
-        return self._leave()
+            self._leave()
+        return going_on
 
     def _leave(self) -> bool:
         """Count a job out of the in-flight gauge; True (the job leaves), for the filters."""

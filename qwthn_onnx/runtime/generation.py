@@ -24,7 +24,13 @@ from qwthn_onnx.runtime.signature import (
     present_names,
 )
 
-__all__ = ["GenerationConfig", "GenerationError", "StepFunction", "generate_tokens"]
+__all__ = [
+    "GenerationConfig",
+    "GenerationError",
+    "StepFunction",
+    "generate_tokens",
+    "next_tokens",
+]
 
 # feed -> outputs by name (an onnxruntime session's run, or anything with its contract)
 StepFunction = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -77,7 +83,11 @@ def _filtered_probabilities(logits: np.ndarray, config: GenerationConfig) -> np.
     return probs
 
 
-def _next_tokens(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator):
+def next_tokens(
+    logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """The next token of each row of ``logits`` [batch, vocab]: the first maximal logit, or a
+    draw (one ``rng.random`` per row) from the filtered distribution when sampling."""
     if not config.do_sample:
         return logits.argmax(axis=-1)
     probs = _filtered_probabilities(logits, config)
@@ -128,7 +138,7 @@ def generate_tokens(
             return
         positions = position_ids(mask, new_ids.shape[1])
         outputs = step({INPUT_IDS: new_ids, ATTENTION_MASK: mask, POSITION_IDS: positions, **past})
-        tokens = _next_tokens(outputs[LOGITS][:, -1, :], config, rng)
+        tokens = next_tokens(outputs[LOGITS][:, -1, :], config, rng)
         tokens = np.where(done, pad_token_id, tokens)
         yield [None if d else int(t) for t, d in zip(tokens, done, strict=True)]
         done |= np.isin(tokens, list(stop))

@@ -9,7 +9,7 @@ from qwthn_onnx.runtime.generation import (
     GenerationConfig,
     GenerationError,
     _filtered_probabilities,
-    _next_tokens,
+    next_tokens,
 )
 from qwthn_onnx.runtime.session import FallbackWarning, QWTHNSession
 
@@ -114,7 +114,7 @@ def test_sampling_distribution_follows_temperature_top_k_top_p():
     np.testing.assert_allclose(p, [[0.25, 0.0625, 0.0225, 0.01]] / np.float64(0.345))
     rng = np.random.default_rng(0)
     draws = np.concatenate(
-        [_next_tokens(np.repeat(logits, 1000, 0), GenerationConfig(do_sample=True), rng)
+        [next_tokens(np.repeat(logits, 1000, 0), GenerationConfig(do_sample=True), rng)
          for _ in range(20)]
     )  # fmt: skip
     freq = np.bincount(draws, minlength=4) / draws.size

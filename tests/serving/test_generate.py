@@ -147,8 +147,12 @@ async def _many(url: str, bodies: list[dict]) -> list[dict]:
 
 
 def test_concurrent_generations_each_get_their_own_answer(server, reference):
-    """24 requests, 4 generating at a time, interleaved token by token: no request sees another
-    one's tokens or cache."""
+    """24 requests, 4 generating at a time, decoded together as one batch per token: no request
+    sees another one's tokens or cache."""
+    batches = ("qwthn_generation_batch_size_count", "qwthn_generation_batch_size_sum")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        wait_idle(client, **TINY)
+        before = [metric(client, name, **TINY) for name in batches]
     prompts = ["hello", "1+2=", "abc", "The quick brown fox", "", "zz"]
     bodies = [
         {"prompt": prompts[i % 6], "max_new_tokens": 10 + 3 * i, "seed": i, "do_sample": i % 3 == 0}
@@ -158,6 +162,11 @@ def test_concurrent_generations_each_get_their_own_answer(server, reference):
     for body, answer in zip(bodies, answers, strict=True):
         prompt, max_new_tokens = body.pop("prompt"), body.pop("max_new_tokens")
         assert _result(answer) == _expected(reference, prompt, max_new_tokens, **body)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        calls, sequences = (
+            metric(client, n, **TINY) - b for n, b in zip(batches, before, strict=True)
+        )
+    assert calls > 0 and sequences / calls > 1.5  # batched: mostly 3-4 per decode call
 
 
 # Disconnects and errors.

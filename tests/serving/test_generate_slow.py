@@ -30,15 +30,15 @@ LABELS = {"model": MODEL_DIR_NAME, "version": "1"}
 
 @pytest.fixture
 def slow(model, monkeypatch):
-    """Every generated token takes DELAY_S longer (on the scheduler's thread, like real work)."""
-    stream_ids = model.session.stream_ids
+    """Every forward pass, so every round of generated tokens, takes DELAY_S longer (on the
+    scheduler's thread, like real work). Apps created after this fixture decode with it."""
+    run = model.session.run
 
-    def slowed(prompts, config=None):
-        for step in stream_ids(prompts, config):
-            time.sleep(DELAY_S)
-            yield step
+    def slowed(feed):
+        time.sleep(DELAY_S)
+        return run(feed)
 
-    monkeypatch.setattr(model.session, "stream_ids", slowed)
+    monkeypatch.setattr(model.session, "run", slowed)
 
 
 @contextmanager

@@ -1,6 +1,8 @@
-"""The GenerationScheduler on its own, with stand-in jobs that record when they are stepped."""
+"""The GenerationScheduler on its own, with stand-in jobs and a decode that records the order it
+gave them tokens in."""
 
 import threading
+import time
 
 import pytest
 
@@ -10,7 +12,7 @@ from serving.scheduler import GenerationScheduler
 
 
 class FakeJob:
-    """A job of ``steps`` tokens that appends its name to ``log`` at each step."""
+    """A job of ``steps`` tokens; ``decode`` appends its name to ``log`` when it decodes it."""
 
     def __init__(self, log: list[str], name: str, steps: int, fails: bool = False) -> None:
         self.log = log
@@ -18,12 +20,15 @@ class FakeJob:
         self.steps = steps
         self.fails = fails
         self.cancelled = False
+        self.tokens: list[int] = []
         self.error: ServingError | None = None
 
-    def step(self) -> bool:
-        self.log.append(self.name)
-        if self.fails:
-            raise RuntimeError("onnxruntime exploded")
+    @property
+    def sequence(self) -> "FakeJob":
+        return self
+
+    def accept(self, token: int) -> bool:
+        self.tokens.append(token)
         self.steps -= 1
         return self.steps == 0
 
@@ -32,18 +37,26 @@ class FakeJob:
 
 
 class GateJob(FakeJob):
-    """One step that blocks until released: what is submitted meanwhile joins the next round
-    together, which makes the order of the steps deterministic."""
+    """One token whose decoding blocks until released: what is submitted meanwhile joins the
+    next round together, which makes the order of the rounds deterministic."""
 
     def __init__(self, log: list[str]) -> None:
         super().__init__(log, "gate", 1)
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def step(self) -> bool:
-        self.entered.set()
-        assert self.release.wait(10)
-        return super().step()
+
+def decode(sequences: list[FakeJob]) -> list[int | Exception]:
+    """Tokens for one round (each job's count of tokens so far), as BatchDecoder.step gives
+    them: a failing job gets its exception, the others their token."""
+    out: list[int | Exception] = []
+    for job in sequences:
+        job.log.append(job.name)
+        if isinstance(job, GateJob):
+            job.entered.set()
+            assert job.release.wait(10)
+        out.append(RuntimeError("onnxruntime exploded") if job.fails else len(job.tokens))
+    return out
 
 
 @pytest.fixture
@@ -59,7 +72,7 @@ def _in_flight(metrics: Metrics) -> float | None:
 def _scheduler(metrics: Metrics, max_active: int = 8) -> GenerationScheduler:
     in_flight = metrics.generation("m", "1").in_flight
     return GenerationScheduler(
-        name="model 'm' version 1", max_active=max_active, in_flight=in_flight
+        name="model 'm' version 1", decode=decode, max_active=max_active, in_flight=in_flight
     )
 
 
@@ -85,6 +98,7 @@ def test_active_jobs_take_turns_a_token_each(metrics):
     jobs = [FakeJob(log, "long", 4), FakeJob(log, "short", 1), FakeJob(log, "mid", 2)]
     # The short job is done after the first round, not after the long one.
     assert _run(log, jobs, metrics) == ["long", "short", "mid", "long", "mid", "long", "long"]
+    assert [job.tokens for job in jobs] == [[0, 1, 2, 3], [0], [0, 1]]
 
 
 def test_at_most_max_active_generate_and_the_rest_wait_in_order(metrics):
@@ -124,3 +138,30 @@ def test_submit_before_start_or_after_stop_is_refused(metrics):
     assert _in_flight(metrics) == 0
     with pytest.raises(ValueError, match="max_active"):
         _scheduler(metrics, max_active=0)
+
+
+def test_a_decode_that_raises_fails_its_round_and_the_scheduler_goes_on(metrics):
+    broken = {"on": True}
+
+    def flaky_decode(sequences):
+        if broken.pop("on", False):
+            raise RuntimeError("decoder bug")
+        return decode(sequences)
+
+    scheduler = GenerationScheduler(
+        name="m",
+        decode=flaky_decode,
+        max_active=4,
+        in_flight=metrics.generation("m", "1").in_flight,
+    )
+    scheduler.start()
+    first, later = FakeJob([], "first", 2), FakeJob([], "later", 2)
+    scheduler.submit(first)
+    deadline = time.monotonic() + 10
+    while first.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scheduler.submit(later)
+    scheduler.stop(timeout=10)
+    assert first.error is not None and "RuntimeError: decoder bug" in first.error.message
+    assert later.error is None and later.tokens == [0, 1]
+    assert _in_flight(metrics) == 0
