@@ -1,49 +1,56 @@
 """Serving speed: throughput and latency of ``qwthn-serve`` under load, dynamic batching on and off.
 
-    python benchmarks/serving_speed.py [--quick] [--threads 1] [--json out.json]
+    python benchmarks/serving_speed.py [--quick] [--models demo,gpt2-small] [--threads 1]
+                                       [--duration S] [--json out.json]
 
-The demo model (the tiny Llama of ``qwthn_onnx.demo`` with the demo's 4-qubit, 2-layer QWTHN
-adapters) is built in this process, saved as ``model.pt`` and exported (``export_model``,
-``verify=False``) to a temporary directory. Two servers then run one after the other, never side
-by side, as real processes on loopback (``python -m serving EXPORT --port P --threads T
---log-level warning``; the access log is off so it does not cost CPU per request):
+Needs ``wrk`` (``apt-get install wrk``; ``benchmarks/setup_peers.sh`` installs it), the HTTP
+load generator written in C: a Python client on this 2-core machine saturated before the server
+did. Models, built here from configs, saved as ``model.pt`` and exported (``export_model``,
+``verify=False``) to a temporary directory:
 
-- ``batching on``: ``--max-batch-size 32 --max-queue-delay-ms 5``;
-- ``batching off``: ``--no-batching``.
+- ``demo``: the tiny Llama of ``qwthn_onnx.demo`` (2 layers, 64 wide) with the demo's 4-qubit,
+  2-layer QWTHN adapters; an onnxruntime call costs ~0.4 ms, the server's own work per request
+  about as much;
+- ``gpt2-small``: GPT-2 small's body (12 layers, 768 wide, random weights) with the demo's
+  character vocabulary, so that it generates text, and the paper's 10-qubit, 10-layer circuit
+  on ``c_attn``; an onnxruntime call costs 30-60 ms.
 
-Infer endpoint (``POST /v2/models/demo/infer``): ``input_ids`` of shape [1, 16] (one of 8 fixed
-rows of random ids below the vocabulary size, so merged batches mix different rows), ``outputs:
-[{"name": "logits"}]``. At concurrency N, N client threads, each with its own keep-alive
-``httpx.Client``, send requests back to back: a warm-up, then a measured window; every request
-started in the window is awaited. Reported per point: completed requests per second (completed /
-time from the window's start until the last one finished), latency p50 and p99 as the client
-sees it, mean rows per onnxruntime run (the server's ``qwthn_batch_size_sum`` / ``_count``
-difference over the window), CPU used by the server and by the load-generating client (in cores:
-on a small machine they compete), and errors (any non-200 answer or transport error; the run
-fails if there is one). Before the load, each row is sent alone as a reference; every 20th
-answer of the window is checked against it (logits within 1e-4, max abs), and the two servers'
-references against each other.
+Per model two servers run one after the other, never side by side, as real processes on
+loopback (``python -m serving EXPORT --port P --threads T --max-concurrent-generations 32
+--log-level warning``; no access log): ``batching on`` with ``--max-batch-size 32`` (queue delay
+0, the default: a batch is what queued up while the previous one ran), ``batching off`` with
+``--no-batching`` (every request and every generation step alone).
 
-Generation endpoint (``POST /v2/models/demo/generate``), only if the server exposes it: probed
-with one request (Triton's generate-extension body, ``{"text_input", "parameters":
-{"max_new_tokens": 16}}``, then a flat ``{"prompt", "max_new_tokens"}``); a 404 or 405 skips it
-with a note. Measured on the batching server at the same concurrencies with 8 arithmetic
-prompts, greedy: generated tokens per second, requests per second, latency p50/p99; tokens are
-counted from the answer's token count or ids when it has them, else as characters of its text
-(the demo tokenizer has one token per character). Sampled answers must equal the prompt's answer
-made alone.
+Infer (``POST /v2/models/M/infer``): ``input_ids`` of shape [1, S] (one of 8 fixed rows of
+random ids, so merged batches mix rows; S = 16 for the demo, 1 and 16 for gpt2-small),
+``outputs: [{"name": "logits"}]``. wrk keeps N connections busy back to back (a warm-up run,
+then the measured run); throughput is its completed requests per second, p50/p99 its latency.
+During the measured run a checker sends each of the 8 bodies once, spread over the window, and
+compares the logits with the same body sent alone before the load (max abs <= 1e-4): those
+answers come out of batches merged with wrk's requests. Also reported: mean rows per onnxruntime
+run (``qwthn_batch_size`` over the window), CPU used by the server and by the load generator, in
+cores (on a small machine they compete), and errors (any non-200 or socket error fails the run).
 
-Target: with batching at concurrency 32, infer throughput >= 3x the unbatched server's.
+Generate (``POST /v2/models/M/generate``, ``max_new_tokens`` 16, 8 arithmetic prompts, greedy):
+N client threads with one keep-alive ``httpx.Client`` each (generation is bound by the server,
+not by the client); tokens per second from the answers' ``completion_tokens``; every 20th answer
+must equal the prompt's answer alone.
+
+Target (issue 6): with batching at concurrency 32, infer throughput >= 3x the unbatched
+server's; reported per model and sequence length.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
 import re
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +70,7 @@ import onnxruntime as ort
 import torch
 import uvicorn
 from system_info import machine_info
+from transformers import GPT2Config, GPT2LMHeadModel
 
 import qwthn_onnx
 from exporters.export import ExportOptions, export_model
@@ -71,30 +79,22 @@ from qwthn_onnx.demo import DEMO_ADAPTER, build_char_tokenizer, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
-MODEL_NAME = "demo"  # the export directory's name is the served model's name
-SEQ_LEN = 16
+SEQ_LENS = {"demo": (16,), "gpt2-small": (1, 16)}  # infer input_ids [1, S] per model
 N_PROMPTS = 8
 CONCURRENCY = (1, 8, 32)
 MAX_BATCH_SIZE = 32
-MAX_QUEUE_DELAY_MS = 5.0
 TOLERANCE = 1e-4  # max abs difference of logits, loaded answer vs the same request alone
-CHECK_EVERY = 20  # check every k-th answer of a measured window
+CHECK_EVERY = 20  # generation: check every k-th answer of a measured window
 GEN_TOKENS = 16
 TARGET = 3.0  # batched / unbatched infer throughput at the highest concurrency
-SERVERS = {
-    "on": [
-        "--max-batch-size",
-        str(MAX_BATCH_SIZE),
-        "--max-queue-delay-ms",
-        str(MAX_QUEUE_DELAY_MS),
-    ],
-    "off": ["--no-batching"],
-}
+COMMON_FLAGS = ["--max-concurrent-generations", str(max(CONCURRENCY)), "--log-level", "warning"]
+SERVERS = {"on": ["--max-batch-size", str(MAX_BATCH_SIZE)], "off": ["--no-batching"]}
 METRICS = (
     "qwthn_batch_size",  # rows per onnxruntime run
     "qwthn_batch_requests",  # requests per onnxruntime run
     "qwthn_inference_duration_seconds",  # one onnxruntime run
     "qwthn_queue_duration_seconds",  # a request's wait in the batching queue
+    "qwthn_generation_batch_size",  # generation requests per decode call
 )
 
 
@@ -112,15 +112,39 @@ class BenchmarkError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def build_export(workdir: Path) -> tuple[Path, int]:
-    """The demo model exported to ``workdir/demo``; (export directory, vocabulary size)."""
+def build_model(name: str) -> tuple[QWTHNModel, Any]:
+    """The adapted model ``name`` (see the module docstring) and its tokenizer."""
     tokenizer = build_char_tokenizer()
-    base = build_tiny_model(tokenizer, "llama", seed=SEED)
+    if name == "demo":
+        base, adapter = build_tiny_model(tokenizer, "llama", seed=SEED), DEMO_ADAPTER
+    else:
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # GPT-2 small: 12 layers, 12 heads, 768 wide, 1024 positions
+        torch.manual_seed(SEED)
+        base, adapter = GPT2LMHeadModel(config), {"n_qubits": 10, "n_layers": 10, "rank": 8}
     torch.manual_seed(SEED)
-    model = QWTHNModel(base, QWTHNConfig(**DEMO_ADAPTER)).eval()
-    save_model_pt(workdir / "model.pt", model, tokenizer)
-    result = export_model(workdir / "model.pt", workdir / MODEL_NAME, ExportOptions(verify=False))
-    return result.directory, int(base.config.vocab_size)
+    return QWTHNModel(base, QWTHNConfig(**adapter, init_delta="normal")).eval(), tokenizer
+
+
+def build_export(name: str, workdir: Path) -> tuple[Path, int, dict[str, Any]]:
+    """Model ``name`` exported to ``workdir/name`` (the served model's name); (export
+    directory, vocabulary size, description)."""
+    model, tokenizer = build_model(name)
+    save_model_pt(workdir / f"{name}.pt", model, tokenizer)
+    start = time.perf_counter()
+    result = export_model(workdir / f"{name}.pt", workdir / name, ExportOptions(verify=False))
+    config = model.base_model.config
+    described = {
+        "architecture": type(model.base_model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "adapter": {k: getattr(model.qwthn_config, k) for k in ("n_qubits", "n_layers", "rank")},
+        "export_s": time.perf_counter() - start,
+    }
+    return result.directory, int(config.vocab_size), described
 
 
 def free_port() -> int:
@@ -368,100 +392,175 @@ def run_point(
     return point, results
 
 
-def check_infer(results: list[ClientResult], references: list[np.ndarray]) -> tuple[int, float]:
-    """(answers checked, largest max-abs difference) of the sampled answers; raises on a miss."""
-    worst = 0.0
-    checked = 0
-    for r in results:
-        for prompt, content in r.samples:
-            got = logits_of(content)
-            if got.shape != references[prompt].shape:
-                raise BenchmarkError(f"logits shape {got.shape} != {references[prompt].shape}")
-            diff = float(np.abs(got - references[prompt]).max())
-            worst = max(worst, diff)
-            checked += 1
-            if not diff <= TOLERANCE:
-                raise BenchmarkError(
-                    f"answer for prompt {prompt} differs from the same request alone by {diff:.3g} "
-                    f"(tolerance {TOLERANCE})"
-                )
-    return checked, worst
+_WRK_REPORT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "mean_us": %f, '
+    .. '"max_us": %d, "status_errors": %d, "socket_errors": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.mean, latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
 
 
-# --------------------------------------------------------------------------------------------
-# The generation endpoint (if there is one)
-# --------------------------------------------------------------------------------------------
-
-_COUNT_KEYS = ("generated_tokens", "num_generated_tokens", "completion_tokens", "num_tokens")
-_ID_KEYS = ("token_ids", "output_ids", "generated_token_ids", "tokens")
-_TEXT_KEYS = ("text_output", "generated_text", "text", "output", "completion")
-
-
-def _find(answer: Any, keys: tuple[str, ...], kind: type) -> tuple[str, Any] | None:
-    """The first ``key`` (depth-first, in ``keys`` order per level) holding a ``kind``."""
-    if isinstance(answer, dict):
-        for key in keys:
-            if isinstance(answer.get(key), kind) and not isinstance(answer.get(key), bool):
-                return key, answer[key]
-        for value in answer.values():
-            found = _find(value, keys, kind)
-            if found:
-                return found
-    if isinstance(answer, list):
-        for value in answer:
-            found = _find(value, keys, kind)
-            if found:
-                return found
-    return None
+def wrk_script(workload: Workload, directory: Path) -> Path:
+    """A wrk Lua script that POSTs the workload's bodies in turn and reports as JSON."""
+    bodies = ",\n".join(f"[==[{b.decode()}]==]" for b in workload.bodies)
+    path = directory / f"{workload.endpoint}.lua"
+    path.write_text(
+        "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+        f"local bodies = {{\n{bodies}\n}}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n"
+        "  return wrk.format(nil, nil, nil, bodies[(i % #bodies) + 1])\nend\n" + _WRK_REPORT
+    )
+    return path
 
 
-def token_counter(answer: Any) -> tuple[str, Callable[[bytes], int]] | None:
-    """How to count generated tokens in answers shaped like ``answer``: (description, fn)."""
-    for keys, kind, count, what in (
-        (_COUNT_KEYS, int, lambda v: v, "the answer's '{}'"),
-        (_ID_KEYS, list, len, "the length of the answer's '{}'"),
-        (_TEXT_KEYS, str, len, "characters of the answer's '{}' (one token each)"),
-    ):
-        found = _find(answer, keys, kind)
-        if found:
-            return what.format(found[0]), lambda c, k=keys, t=kind, f=count: f(
-                _find(json.loads(c), k, t)[1]  # type: ignore[index]
-            )
-    return None
+def run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    """One wrk run (one thread, ``concurrency`` keep-alive connections); its JSON report."""
+    command = [
+        "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "120s",
+        "-s", str(script), url,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 180)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchmarkError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    return json.loads(line.removeprefix("WRK_JSON "))
 
 
-def generation_text(content: bytes) -> Any:
-    """What must not change under load: the answer's text (or ids) for a greedy prompt."""
-    answer = json.loads(content)
-    found = _find(answer, _TEXT_KEYS, str) or _find(answer, _ID_KEYS, list)
-    return found[1] if found else None
+def wrk_point(
+    server: Server,
+    workload: Workload,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    script: Path,
+    check: Callable[[int, bytes], float],
+) -> dict[str, Any]:
+    """wrk at ``concurrency`` connections: a warm-up run, then the measured one. Meanwhile a
+    checker sends each body once, spread over the window, and ``check``s the answers (which
+    the server batches with wrk's requests); metrics and CPU cover the measured run."""
+    url = server.url + workload.path
+    run_wrk(url, script, concurrency, warmup_s)
+    checks: list[float] = []
+    problems: list[str] = []
+    stop = threading.Event()
 
+    def checker() -> None:
+        with httpx.Client(timeout=120, headers={"content-type": "application/json"}) as client:
+            for k, body in enumerate(workload.bodies):
+                if stop.wait(duration_s / (len(workload.bodies) + 1)):
+                    return
+                response = client.post(url, content=body)
+                if response.status_code != 200:
+                    problems.append(f"{response.status_code}: {response.text[:300]}")
+                else:
+                    checks.append(check(k, response.content))
 
-def probe_generation(server: Server, prompts: list[str]) -> tuple[Workload | None, dict]:
-    """The generation workload if the server exposes ``/generate``; a note either way."""
-    path = f"/v2/models/{MODEL_NAME}/generate"
-    shapes = {
-        "triton": lambda p: {"text_input": p, "parameters": {"max_new_tokens": GEN_TOKENS}},
-        "flat": lambda p: {"prompt": p, "max_new_tokens": GEN_TOKENS},
+    before = scrape(server.url)
+    cpu_server = server.cpu_seconds()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    thread = threading.Thread(target=checker, daemon=True)
+    thread.start()
+    report = run_wrk(url, script, concurrency, duration_s)
+    stop.set()
+    thread.join()
+    cpu_server = server.cpu_seconds() - cpu_server
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_client = (after_children.ru_utime - children.ru_utime) + (
+        after_children.ru_stime - children.ru_stime
+    )
+    delta = {name: value - before.get(name, 0.0) for name, value in scrape(server.url).items()}
+    elapsed = report["duration_us"] / 1e6
+    completed = report["requests"]
+    served = completed + len(checks) + len(problems)
+    errors = report["status_errors"] + report["socket_errors"] + len(problems)
+    return {
+        "endpoint": workload.endpoint,
+        "concurrency": concurrency,
+        "load": "wrk",
+        "seconds": elapsed,
+        "completed": completed,
+        "errors": errors,
+        "error_messages": problems[:10]
+        + ([f"wrk: {report['status_errors']} non-2xx"] if report["status_errors"] else [])
+        + ([f"wrk: {report['socket_errors']} socket errors"] if report["socket_errors"] else []),
+        "requests_per_s": completed / elapsed,
+        "tokens": None,
+        "tokens_per_s": None,
+        "p50_ms": report["p50_us"] / 1e3,
+        "p99_ms": report["p99_us"] / 1e3,
+        "mean_ms": report["mean_us"] / 1e3,
+        "max_ms": report["max_us"] / 1e3,
+        "rows_per_run": mean_of(delta, "qwthn_batch_size"),
+        "requests_per_run": mean_of(delta, "qwthn_batch_requests"),
+        "ort_runs": delta.get("qwthn_batch_size_count", 0.0),
+        "ort_run_ms": (mean_of(delta, "qwthn_inference_duration_seconds") or 0.0) * 1e3,
+        "queue_ms": (mean_of(delta, "qwthn_queue_duration_seconds") or 0.0) * 1e3,
+        "server_cpu_cores": cpu_server / elapsed,
+        "server_cpu_ms_per_request": cpu_server * 1e3 / served if served else None,
+        "ort_ms_per_request": (
+            delta.get("qwthn_inference_duration_seconds_sum", 0.0) * 1e3 / served
+            if served
+            else None
+        ),
+        "client_cpu_cores": cpu_client / elapsed,
+        "checked": len(checks),
+        "checked_max_abs_diff": max(checks, default=0.0),
+        "metrics_delta": delta,
     }
-    tried = []
-    for shape, make in shapes.items():
-        body = json.dumps(make(prompts[0])).encode()
-        headers = {"content-type": "application/json"}
-        response = httpx.post(server.url + path, content=body, headers=headers, timeout=60)
-        tried.append(f"{shape} body: {response.status_code} {response.text[:200]}")
-        if response.status_code in (404, 405):
-            return None, {"exposed": False, "note": f"POST {path} answered {tried[-1]}; skipped"}
-        if response.status_code != 200:
-            continue
-        counter = token_counter(response.json())
-        if counter is None:
-            note = f"POST {path} answered 200 but no token count, ids or text found: {tried[-1]}"
-            return None, {"exposed": True, "note": note + "; skipped"}
-        bodies = [json.dumps(make(p)).encode() for p in prompts]
-        info = {"exposed": True, "body": shape, "tokens_from": counter[0], "probe": tried}
-        return Workload("generate", path, bodies, counter[1]), info
-    return None, {"exposed": True, "note": f"POST {path} rejected every body tried: {tried}"}
+
+
+def logits_check(references: list[np.ndarray]) -> Callable[[int, bytes], float]:
+    """``check(k, answer)``: the max abs difference of an answer's logits from body k's
+    reference (infinity when the shape differs)."""
+
+    def check(k: int, content: bytes) -> float:
+        got, expected = logits_of(content), references[k]
+        return float(np.abs(got - expected).max()) if got.shape == expected.shape else math.inf
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def generation_workload(model: str, prompts: list[str]) -> Workload:
+    bodies = [json.dumps({"prompt": p, "max_new_tokens": GEN_TOKENS}).encode() for p in prompts]
+    return Workload(
+        "generate",
+        f"/v2/models/{model}/generate",
+        bodies,
+        tokens=lambda content: json.loads(content)["completion_tokens"],
+    )
+
+
+def run_generation(
+    server: Server, workload: Workload, warmup: float, duration: float
+) -> list[dict[str, Any]]:
+    """The generation points at every concurrency; sampled answers must equal the prompt's
+    answer alone."""
+    references = [json.loads(alone(server, workload.path, b))["text"] for b in workload.bodies]
+    points = []
+    for concurrency in CONCURRENCY:
+        log(f"    generate, concurrency {concurrency} ...")
+        point, results = run_point(server, workload, concurrency, warmup, duration)
+        point["rows_per_run"] = mean_of(point["metrics_delta"], "qwthn_generation_batch_size")
+        points.append(point)
+        if point["errors"]:
+            raise BenchmarkError(f"{point['errors']} errors: {point['error_messages'][:3]}")
+        samples = [(k, json.loads(c)["text"]) for r in results for k, c in r.samples]
+        point["checked"] = len(samples)
+        point["mismatches"] = sum(text != references[k] for k, text in samples)
+        log(
+            f"      {point['tokens_per_s']:.1f} tokens/s, p50 {point['p50_ms']:.1f} ms; "
+            f"{point['checked']} answers checked, {point['mismatches']} differ from alone"
+        )
+    return points
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,13 +574,14 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def table(points: list[dict[str, Any]]) -> list[str]:
     header = [
-        "endpoint", "batching", "concurrency", "requests/s", "tokens/s", "p50 ms", "p99 ms",
-        "rows / ORT run", "server CPU", "client CPU", "errors",
+        "model", "endpoint", "batching", "concurrency", "requests/s", "tokens/s", "p50 ms",
+        "p99 ms", "rows / ORT call", "server CPU", "load CPU", "errors",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in points:
         cells = [
-            p["endpoint"],
+            p["model"],
+            p["endpoint"] + (f" [1, {p['seq_len']}]" if p.get("seq_len") else ""),
             p["batching"],
             str(p["concurrency"]),
             fmt(p["requests_per_s"]),
@@ -497,33 +597,63 @@ def table(points: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def where_time_goes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
-    """Lines that explain the infer numbers: the server's CPU per request and onnxruntime's
-    share of it at the highest concurrency, and what batching costs a lone request."""
-    lines = []
+def ratios(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batched / unbatched throughput at the highest concurrency, per model and workload."""
     top = max(CONCURRENCY)
-    for batching in SERVERS:
-        p = by_key.get(("infer", batching, top))
-        if p and p["completed"]:
-            lines.append(
-                f"- batching {batching}, concurrency {top}: the server used "
-                f"{p['server_cpu_ms_per_request']:.2f} ms of CPU per request "
-                f"({p['server_cpu_cores']:.2f} cores), onnxruntime runs "
-                f"{p['ort_ms_per_request']:.2f} ms of wall time per request "
-                f"({p['ort_runs']:.0f} runs of {p['ort_run_ms']:.2f} ms, "
-                f"{p['rows_per_run']:.1f} rows each); mean queue wait {p['queue_ms']:.2f} ms"
+    found = {}
+    for p in points:
+        if p["concurrency"] == top:
+            key = (p["model"], p["endpoint"], p.get("seq_len"))
+            found.setdefault(key, {})[p["batching"]] = p
+    out = []
+    for (model, endpoint, seq_len), pair in found.items():
+        if {"on", "off"} <= pair.keys():
+            unit = "tokens_per_s" if endpoint == "generate" else "requests_per_s"
+            on, off = pair["on"][unit], pair["off"][unit]
+            out.append(
+                {
+                    "model": model,
+                    "endpoint": endpoint,
+                    "seq_len": seq_len,
+                    "unit": unit,
+                    "on": on,
+                    "off": off,
+                    "ratio": on / off,
+                    "on_point": pair["on"],
+                    "off_point": pair["off"],
+                }
             )
-    on, off = by_key.get(("infer", "on", 1)), by_key.get(("infer", "off", 1))
-    if on and off and on["completed"] and off["completed"]:
+    return out
+
+
+def ratio_lines(found: list[dict[str, Any]]) -> list[str]:
+    top = max(CONCURRENCY)
+    lines = []
+    for r in found:
+        what = r["endpoint"] + (f" [1, {r['seq_len']}]" if r["seq_len"] else "")
+        verdict = " (target 3x: " + ("met)" if r["ratio"] >= TARGET else "not met)")
+        on, off = r["on_point"], r["off_point"]
+        if r["endpoint"] == "generate":
+            lines.append(
+                f"- {r['model']} generate, concurrency {top}: batching {r['on']:,.1f} vs "
+                f"{r['off']:,.1f} tokens/s = {r['ratio']:.2f}x; "
+                f"{fmt(on['rows_per_run'], 1)} requests per decode call with batching; p50 "
+                f"{fmt(on['p50_ms'])} vs {fmt(off['p50_ms'])} ms per request"
+            )
+            continue
         lines.append(
-            f"- concurrency 1: p50 {on['p50_ms']:.2f} ms with batching against "
-            f"{off['p50_ms']:.2f} ms without (a lone request waits up to "
-            f"--max-queue-delay-ms {MAX_QUEUE_DELAY_MS:g} for others to join it)"
+            f"- {r['model']} {what}, concurrency {top}: batching {r['on']:,.1f} vs "
+            f"{r['off']:,.1f} {r['unit'].replace('_per_s', '/s')} = {r['ratio']:.2f}x{verdict}; "
+            f"server CPU per request {fmt(on['server_cpu_ms_per_request'], 2)} vs "
+            f"{fmt(off['server_cpu_ms_per_request'], 2)} ms, onnxruntime "
+            f"{fmt(on['ort_ms_per_request'], 2)} vs {fmt(off['ort_ms_per_request'], 2)} ms of "
+            f"wall time per request ({fmt(on['rows_per_run'], 1)} rows per run with batching)"
         )
     return lines
 
 
 def versions() -> dict[str, str]:
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
     return {
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
@@ -531,6 +661,7 @@ def versions() -> dict[str, str]:
         "fastapi": fastapi.__version__,
         "uvicorn": uvicorn.__version__,
         "httpx": httpx.__version__,
+        "wrk": (wrk.stdout or wrk.stderr).split()[1] if (wrk.stdout or wrk.stderr) else "?",
         "qwthn_onnx": qwthn_onnx.__version__,
     }
 
@@ -540,120 +671,136 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def serve_model(
+    name: str, workdir: Path, args: argparse.Namespace, warmup: float, duration: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every point of one model, both servers; (points, description and checks)."""
+    log(f"{name}: building and exporting ...")
+    export_dir, vocab, described = build_export(name, workdir)
+    rng = np.random.default_rng(SEED)
+    random.seed(SEED)
+    prompts = [f"{random.randint(0, 99)}&{random.randint(0, 99)}=" for _ in range(N_PROMPTS)]
+    infers = {
+        seq_len: Workload(
+            "infer",
+            f"/v2/models/{name}/infer",
+            [infer_body(rng.integers(0, vocab, size=(1, seq_len))) for _ in range(N_PROMPTS)],
+        )
+        for seq_len in SEQ_LENS[name]
+    }
+    generate = generation_workload(name, prompts)
+    flags = ["--threads", str(args.threads), *COMMON_FLAGS]
+    points: list[dict[str, Any]] = []
+    references: dict[tuple[str, int], list[np.ndarray]] = {}
+    for batching, server_flags in SERVERS.items():
+        log(f"  server, batching {batching}: {' '.join(server_flags + flags)}")
+        server = Server(export_dir, server_flags + flags, workdir / f"{name}_{batching}.log")
+        try:
+            server.wait_ready()
+            for seq_len, workload in infers.items():
+                script = wrk_script(workload, workdir)
+                refs = [logits_of(alone(server, workload.path, b)) for b in workload.bodies]
+                references[(batching, seq_len)] = refs
+                for concurrency in CONCURRENCY:
+                    log(f"    infer [1, {seq_len}], concurrency {concurrency} ...")
+                    point = wrk_point(
+                        server, workload, concurrency, warmup, duration, script, logits_check(refs)
+                    )
+                    point.update(model=name, batching=batching, seq_len=seq_len)
+                    points.append(point)
+                    log(
+                        f"      {point['requests_per_s']:,.1f} req/s, p50 {point['p50_ms']:.2f} "
+                        f"ms, {point['rows_per_run'] or 0:.2f} rows/run; {point['checked']} "
+                        f"answers checked (max diff {point['checked_max_abs_diff']:.2g})"
+                    )
+                    if point["errors"]:
+                        raise BenchmarkError(f"errors: {point['error_messages'][:3]}")
+                    if not point["checked_max_abs_diff"] <= TOLERANCE:
+                        raise BenchmarkError(
+                            f"an answer under load differs from the same request alone by "
+                            f"{point['checked_max_abs_diff']:.3g} (tolerance {TOLERANCE})"
+                        )
+            for point in run_generation(server, generate, warmup, duration):
+                point.update(model=name, batching=batching)
+                points.append(point)
+        finally:
+            rc = server.stop()
+            described[f"exit status, batching {batching}"] = rc
+            if rc != 0:
+                log(f"server (batching {batching}) exited with {rc}:\n{server.log_tail()}")
+    diff = max(
+        float(np.abs(a - b).max())
+        for seq_len in SEQ_LENS[name]
+        for a, b in zip(references[("on", seq_len)], references[("off", seq_len)], strict=True)
+    )
+    described["references on vs off, max abs diff"] = diff
+    if not diff <= TOLERANCE:
+        raise BenchmarkError(f"{name}: the two servers' references differ by {diff:.3g}")
+    return points, described
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s per point (1 s warm-up)")
+    parser.add_argument("--quick", action="store_true", help="demo only, 3 s per point")
+    parser.add_argument("--models", help="comma-separated: demo,gpt2-small (default: both)")
     parser.add_argument("--threads", type=int, default=1, help="the server's onnxruntime threads")
     parser.add_argument("--duration", type=float, help="seconds per point (default 10, quick 3)")
     parser.add_argument("--json", help="also write all raw numbers, machine and versions here")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error(
+            "wrk is not installed: apt-get install wrk (or bash benchmarks/setup_peers.sh)"
+        )
+    models = (args.models or ("demo" if args.quick else "demo,gpt2-small")).split(",")
+    unknown = sorted(set(models) - set(SEQ_LENS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(SEQ_LENS)}")
     duration = args.duration or (3.0 if args.quick else 10.0)
     warmup = 1.0 if args.quick else 2.0
     torch.set_num_threads(1)
-    machine = machine_info()
-    common = ["--threads", str(args.threads), "--log-level", "warning"]
-    rng = np.random.default_rng(SEED)
     start = time.perf_counter()
     points: list[dict[str, Any]] = []
-    references: dict[str, list[np.ndarray]] = {}
-    checks: dict[str, Any] = {}
-    generation: dict[str, Any] = {}
+    described: dict[str, Any] = {}
     failure: str | None = None
-
     with tempfile.TemporaryDirectory(prefix="serving_speed_") as tmp:
-        workdir = Path(tmp)
-        log("building and exporting the demo model ...")
-        export_dir, vocab = build_export(workdir)
-        ids = rng.integers(0, vocab, size=(N_PROMPTS, 1, SEQ_LEN), dtype=np.int64)
-        infer = Workload(
-            "infer", f"/v2/models/{MODEL_NAME}/infer", [infer_body(row) for row in ids]
-        )
-        random.seed(SEED)
-        prompts = [f"{random.randint(0, 99)}&{random.randint(0, 99)}=" for _ in range(N_PROMPTS)]
         try:
-            for batching, flags in SERVERS.items():
-                log(f"starting the server, batching {batching}: {' '.join(flags + common)}")
-                server = Server(export_dir, flags + common, workdir / f"server_{batching}.log")
-                try:
-                    server.wait_ready()
-                    references[batching] = [
-                        logits_of(alone(server, infer.path, body)) for body in infer.bodies
-                    ]
-                    for concurrency in CONCURRENCY:
-                        log(f"  infer, batching {batching}, concurrency {concurrency} ...")
-                        point, results = run_point(server, infer, concurrency, warmup, duration)
-                        point["batching"] = batching
-                        points.append(point)
-                        if point["errors"]:
-                            raise BenchmarkError(
-                                f"{point['errors']} errors at infer, batching {batching}, "
-                                f"concurrency {concurrency}: {point['error_messages'][:3]}"
-                            )
-                        n, worst = check_infer(results, references[batching])
-                        point["checked"], point["checked_max_abs_diff"] = n, worst
-                        log(
-                            f"    {point['requests_per_s']:.1f} req/s, p50 "
-                            f"{point['p50_ms']:.2f} ms, {point['rows_per_run'] or 0:.2f} rows/run;"
-                            f" {n} answers checked (max diff {worst:.2g})"
-                        )
-                    if batching == "on":
-                        generation = run_generation(server, prompts, warmup, duration, points)
-                finally:
-                    rc = server.stop()
-                    checks[f"exit status, batching {batching}"] = rc
-                    if rc != 0:
-                        log(f"server (batching {batching}) exited with {rc}:\n{server.log_tail()}")
-            diff = max(
-                float(np.abs(a - b).max()) for a, b in zip(*references.values(), strict=True)
-            )
-            checks["references on vs off, max abs diff"] = diff
-            if not diff <= TOLERANCE:
-                raise BenchmarkError(f"the two servers' references differ by {diff:.3g}")
+            for name in models:
+                model_points, described[name] = serve_model(name, Path(tmp), args, warmup, duration)
+                points += model_points
         except BenchmarkError as e:
             failure = str(e)
     elapsed = time.perf_counter() - start
-
-    by_key = {(p["endpoint"], p["batching"], p["concurrency"]): p for p in points}
-    top = max(CONCURRENCY)
-    on, off = by_key.get(("infer", "on", top)), by_key.get(("infer", "off", top))
-    if on and off:
-        ratio = on["requests_per_s"] / off["requests_per_s"]
-        met = "met" if ratio >= TARGET else f"not met, {ratio / TARGET:.0%} of the target"
-        target = (
-            f"Target: with batching at concurrency {top}, infer throughput >= {TARGET:g}x the "
-            f"unbatched server's: {on['requests_per_s']:,.1f} vs {off['requests_per_s']:,.1f} "
-            f"requests/s = {ratio:.2f}x ({met})."
-        )
-    else:
-        ratio, target = None, "Target: not measured (the run stopped early)."
-
+    machine = machine_info()
+    found = ratios(points)
     print(
-        f"machine: {machine['cpu']}, {machine['cores']} cores; server and load clients on the "
-        f"same machine\n"
-        f"versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "\n"
-        f"model: the demo (tiny Llama, QWTHN {DEMO_ADAPTER}), exported float32; one server at a "
-        f"time: `python -m serving EXPORT --threads {args.threads} --log-level warning` plus "
-        f"batching on: `{' '.join(SERVERS['on'])}`, off: `{' '.join(SERVERS['off'])}`\n"
-        f"infer: input_ids [1, {SEQ_LEN}] (one of {N_PROMPTS} random rows), logits out; "
-        f"N client threads with one keep-alive httpx.Client each, back to back, {warmup:g} s "
-        f"warm-up then {duration:g} s measured per point; latency as the client sees it; rows / "
-        f"ORT run from the server's qwthn_batch_size; CPU in cores (server process, this "
-        f"client process); every {CHECK_EVERY}th answer checked against the request alone "
-        f"(logits within {TOLERANCE:g})"
+        f"machine: {machine['cpu']}, {machine['cores']} cores; server and load generator on "
+        f"the same machine\n"
+        "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "\n"
+        f"servers: `python -m serving EXPORT --threads {args.threads} {' '.join(COMMON_FLAGS)}` "
+        f"plus batching on: `{' '.join(SERVERS['on'])}`, off: `{' '.join(SERVERS['off'])}`; "
+        f"{warmup:g} s warm-up and {duration:g} s measured per point"
     )
-    if generation:
-        print(f"generate: {generation.get('note') or generation_summary(generation)}")
-    print("\n" + "\n".join(table(points)))
-    print("\n" + target)
-    for lines in where_time_goes(by_key):
-        print(lines)
-    checked = sum(p.get("checked", 0) for p in points)
-    worst = max((p.get("checked_max_abs_diff", 0.0) for p in points), default=0.0)
+    for name, d in described.items():
+        print(
+            f"{name}: {d['architecture']}, {d['parameters'] / 1e6:.1f}M parameters, QWTHN "
+            f"{d['adapter']}, exported in {d['export_s']:.0f} s"
+        )
+    print("\n" + "\n".join(table(points)) + "\n")
+    for line in ratio_lines(found):
+        print(line)
+    gen = [p for p in points if p["endpoint"] == "generate"]
+    infer = [p for p in points if p["endpoint"] == "infer"]
     print(
-        f"Checked {checked} answers (largest difference {worst:.2g}); servers' references "
-        f"agree within {checks.get('references on vs off, max abs diff', float('nan')):.2g}; "
-        f"exit statuses after SIGTERM: "
-        + ", ".join(f"{k.split(', ')[1]} {v}" for k, v in checks.items() if k.startswith("exit"))
+        f"Checked {sum(p['checked'] for p in infer)} infer answers under load (largest "
+        f"difference {max((p['checked_max_abs_diff'] for p in infer), default=0):.2g}) and "
+        f"{sum(p['checked'] for p in gen)} generations ({sum(p['mismatches'] for p in gen)} "
+        f"differ from the prompt alone); exit statuses after SIGTERM: "
+        + ", ".join(
+            f"{n} {k.split(', ')[1]} {v}"
+            for n, d in described.items()
+            for k, v in d.items()
+            if k.startswith("exit")
+        )
     )
     print(f"\nTotal {elapsed:.0f} s.")
     if args.json:
@@ -664,20 +811,20 @@ def main() -> int:
                     "versions": versions(),
                     "settings": {
                         "threads": args.threads,
-                        "server_flags": {k: v + common for k, v in SERVERS.items()},
+                        "server_flags": {k: v + COMMON_FLAGS for k, v in SERVERS.items()},
                         "concurrency": CONCURRENCY,
                         "warmup_s": warmup,
                         "duration_s": duration,
-                        "seq_len": SEQ_LEN,
+                        "seq_lens": SEQ_LENS,
                         "prompts": N_PROMPTS,
                         "tolerance": TOLERANCE,
-                        "check_every": CHECK_EVERY,
                         "gen_max_new_tokens": GEN_TOKENS,
                     },
+                    "models": described,
                     "points": points,
-                    "generation": generation,
-                    "checks": checks,
-                    "target": {"ratio": ratio, "required": TARGET, "line": target},
+                    "ratios": [
+                        {k: v for k, v in r.items() if not k.endswith("_point")} for r in found
+                    ],
                     "failure": failure,
                 },
                 f,
@@ -687,43 +834,6 @@ def main() -> int:
         print(f"\nFAILED: {failure}", file=sys.stderr)
         return 1
     return 0
-
-
-def generation_summary(info: dict[str, Any]) -> str:
-    return (
-        f"POST /v2/models/{MODEL_NAME}/generate with max_new_tokens {GEN_TOKENS}, {N_PROMPTS} "
-        f"prompts like '23&58=' ({info['body']} body), greedy, on the batching server; tokens "
-        f"counted as {info['tokens_from']}; {info['checked']} sampled answers equal to the "
-        f"prompt's answer alone, {info['mismatches']} not"
-    )
-
-
-def run_generation(
-    server: Server, prompts: list[str], warmup: float, duration: float, points: list
-) -> dict[str, Any]:
-    """Probe ``/generate``; if it is there, load it at every concurrency (appends to points)."""
-    workload, info = probe_generation(server, prompts)
-    if workload is None:
-        log(f"  generate: {info['note']}")
-        return info
-    references = [generation_text(alone(server, workload.path, b)) for b in workload.bodies]
-    info["checked"] = info["mismatches"] = 0
-    for concurrency in CONCURRENCY:
-        log(f"  generate, concurrency {concurrency} ...")
-        point, results = run_point(server, workload, concurrency, warmup, duration)
-        point["batching"] = "-"
-        points.append(point)
-        if point["errors"]:
-            raise BenchmarkError(
-                f"{point['errors']} errors at generate, concurrency {concurrency}: "
-                f"{point['error_messages'][:3]}"
-            )
-        for r in results:
-            for prompt, content in r.samples:
-                info["checked"] += 1
-                info["mismatches"] += generation_text(content) != references[prompt]
-        log(f"    {point['tokens_per_s']:.1f} tokens/s, p50 {point['p50_ms']:.2f} ms")
-    return info
 
 
 if __name__ == "__main__":
