@@ -128,7 +128,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The request did not finish in time",
     }.items()
 }
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+# No caching, no proxy buffering, and no keep-alive: a browser that aborts a stream would
+# otherwise read it to its end to reuse the connection, and the generation would go on for it.
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
 _CLIENT_GONE = 499  # nginx's "client closed request": the status a disconnect is counted under
 T = TypeVar("T")
 # Up to these sizes an inference request is parsed, and its answer encoded, on the event loop:

@@ -292,7 +292,7 @@ class ServedModel:
         index_path = directory / "index.json"
         if not index_path.is_file():
             raise NotFoundError(
-                f"{self.label} has no OpenQASM programs ({index_path} is missing: exported with "
+                f"{self.label} has no OpenQASM programs (qasm/index.json is missing: exported with "
                 f"--no-qasm or by an older qwthn-export; export it again to get them)"
             )
         try:

@@ -32,6 +32,9 @@ def _stream(client, body, path=STREAM):
     with client.stream("POST", path, json=body) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
+        # Not kept alive: a browser that aborts the stream then closes the connection rather
+        # than read the stream to its end, which would keep the generation going.
+        assert r.headers["connection"] == "close" and r.headers["cache-control"] == "no-cache"
         return parse_stream(r.iter_lines())
 
 
