@@ -12,6 +12,7 @@ the server. Tensor data arrives row-major, flat or nested; it leaves flat.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -48,8 +50,10 @@ __all__ = [
     "ServerLive",
     "ServerMetadata",
     "ServerReady",
+    "attach_binary_data",
     "decode_tensor",
     "encode_response",
+    "wants_binary",
 ]
 
 # The specification's tensor data types that have a numpy equivalent. BYTES (strings) and
@@ -92,17 +96,24 @@ Parameters = dict[
 
 
 class RequestInput(BaseModel):
-    """``$request_input``: one input tensor of an inference request."""
+    """``$request_input``: one input tensor of an inference request: its elements in ``data``,
+    or (binary tensor data extension) ``parameters.binary_data_size`` bytes after the JSON."""
 
     name: StrictStr
     shape: list[Annotated[StrictInt, Field(ge=0)]]
     datatype: StrictStr
     parameters: Parameters | None = None
-    data: list[Any] = Field(description="row-major elements, flat or nested")
+    data: list[Any] | None = Field(None, description="row-major elements, flat or nested")
+    _binary: bytes | None = PrivateAttr(None)  # set by attach_binary_data
+
+    @property
+    def binary_data_size(self) -> Any:
+        return (self.parameters or {}).get("binary_data_size")
 
 
 class RequestOutput(BaseModel):
-    """``$request_output``: an output the client wants back."""
+    """``$request_output``: an output the client wants back (``parameters.binary_data``: as
+    raw bytes after the JSON of the answer)."""
 
     name: StrictStr
     parameters: Parameters | None = None
@@ -256,6 +267,44 @@ class GenerateResponse(BaseModel):
     )
 
 
+def attach_binary_data(request: InferenceRequest, payload: bytes) -> None:
+    """Hand each input that has ``binary_data_size`` its bytes of ``payload`` (what follows
+    the JSON, in input order: the binary tensor data extension); BadRequestError when sizes and
+    payload disagree."""
+    offset = 0
+    for tensor in request.inputs:
+        size = tensor.binary_data_size
+        if size is None:
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BadRequestError(
+                f"input '{tensor.name}': binary_data_size must be an int >= 0, got {size!r}"
+            )
+        if tensor.data is not None:
+            raise BadRequestError(f"input '{tensor.name}' has both 'data' and binary_data_size")
+        if offset + size > len(payload):
+            raise BadRequestError(
+                f"input '{tensor.name}': binary_data_size {size} goes past the end of the "
+                f"{len(payload)} bytes after the JSON"
+            )
+        tensor._binary = payload[offset : offset + size]
+        offset += size
+    if offset != len(payload):
+        raise BadRequestError(
+            f"{len(payload) - offset} bytes after the JSON belong to no input (the inputs' "
+            f"binary_data_size add up to {offset})"
+        )
+
+
+def wants_binary(request: InferenceRequest, name: str) -> bool:
+    """Whether output ``name`` goes back as raw bytes: its own ``binary_data`` parameter, else
+    the request's ``binary_data_output``."""
+    for output in request.outputs or []:
+        if output.name == name and output.parameters and "binary_data" in output.parameters:
+            return output.parameters["binary_data"] is True
+    return (request.parameters or {}).get("binary_data_output") is True
+
+
 def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
     """The array of a request input that the model declares as ``datatype``.
 
@@ -263,11 +312,6 @@ def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
     not a regular array of the right kind of number, or a shape that does not hold the data.
     """
     name = tensor.name
-    if tensor.parameters and "binary_data_size" in tensor.parameters:
-        raise BadRequestError(
-            f"input '{name}': the binary tensor data extension is not supported; send the "
-            f"elements in 'data'"
-        )
     if tensor.datatype not in DATATYPES:
         raise BadRequestError(
             f"input '{name}': unknown datatype '{tensor.datatype}' (one of {', '.join(DATATYPES)})"
@@ -280,11 +324,26 @@ def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
     if datatype not in NUMPY_DTYPES:
         raise BadRequestError(f"input '{name}': datatype {datatype} is not supported")
     target = NUMPY_DTYPES[datatype]
+    expected = math.prod(tensor.shape)
+    if tensor._binary is not None:
+        if len(tensor._binary) != expected * target.itemsize:
+            raise BadRequestError(
+                f"input '{name}': shape {tensor.shape} of {datatype} takes "
+                f"{expected * target.itemsize} bytes, binary_data_size is {len(tensor._binary)}"
+            )
+        array = np.frombuffer(tensor._binary, target.newbyteorder("<")).astype(target)
+        if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+            raise BadRequestError(f"input '{name}' (BOOL): binary data holds bytes other than 0/1")
+        return array.reshape(tensor.shape)
+    if tensor.data is None:
+        raise BadRequestError(
+            f"input '{name}' has no data: give 'data', or 'binary_data_size' in its parameters "
+            f"with the bytes after the JSON (Inference-Header-Content-Length)"
+        )
     try:
         array = np.asarray(tensor.data)
     except (ValueError, OverflowError) as e:
         raise BadRequestError(f"input '{name}': data is not a regular (nested) list: {e}") from e
-    expected = math.prod(tensor.shape)
     if array.size != expected:
         raise BadRequestError(
             f"input '{name}': shape {tensor.shape} holds {expected} elements but data has "
@@ -321,31 +380,42 @@ def encode_response(
     model_version: str,
     request_id: str,
     outputs: dict[str, tuple[str, np.ndarray]],
-) -> bytes:
-    """The ``$inference_response`` JSON of ``outputs`` (name -> (datatype, array)).
+    binary: Collection[str] = (),
+) -> tuple[bytes, int | None]:
+    """The ``$inference_response`` of ``outputs`` (name -> (datatype, array)): its bytes, and
+    the length of its JSON part when outputs in ``binary`` follow it as raw little-endian bytes
+    (the binary tensor data extension; the answer's Inference-Header-Content-Length), else None.
 
     orjson writes the arrays directly (each float in its shortest form for its own precision,
     which reads back to the same value): 25x faster than ``json`` over ``tolist()``, which is
     most of a small request's cost. JSON has no NaN or infinity (orjson would write ``null``),
-    so an output holding one is a server error naming it rather than a wrong answer.
+    so an output holding one in JSON is a server error naming it rather than a wrong answer.
     """
-    bad = [n for n, (_, a) in outputs.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    bad = [
+        n
+        for n, (_, a) in outputs.items()
+        if n not in binary and a.dtype.kind == "f" and not np.isfinite(a).all()
+    ]
     if bad:
         raise ServingError(
             f"output {', '.join(bad)} holds NaN or infinity, which JSON cannot carry"
         )
+    raw: list[bytes] = []
+    described = []
+    for name, (datatype, array) in outputs.items():
+        output: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in binary:
+            data = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+            output["parameters"] = {"binary_data_size": len(data)}
+            raw.append(data)
+        else:
+            output["data"] = np.ascontiguousarray(array).ravel()
+        described.append(output)
     body = {
         "model_name": model_name,
         "model_version": model_version,
         "id": request_id,
-        "outputs": [
-            {
-                "name": name,
-                "datatype": datatype,
-                "shape": list(array.shape),
-                "data": np.ascontiguousarray(array).ravel(),
-            }
-            for name, (datatype, array) in outputs.items()
-        ],
+        "outputs": described,
     }
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return (header + b"".join(raw), len(header)) if raw else (header, None)

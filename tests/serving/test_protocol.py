@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from serving.errors import BadRequestError, ServingError
-from serving.protocol import RequestInput, decode_tensor, encode_response
+from serving.protocol import (
+    InferenceRequest,
+    RequestInput,
+    RequestOutput,
+    attach_binary_data,
+    decode_tensor,
+    encode_response,
+    wants_binary,
+)
 
 
 def _input(data, shape, datatype="INT64", **extra):
@@ -45,7 +53,7 @@ def test_numbers_convert_to_the_model_datatype():
         (_input([300], [1], "UINT8"), "UINT8", "out of the range of UINT8"),
         (_input([2**63], [1]), "INT64", "out of the range of INT64"),
         (_input(["x"], [1], "BYTES"), "BYTES", "BYTES is not supported"),
-        (_input([1], [1], parameters={"binary_data_size": 8}), "INT64", "binary tensor data"),
+        (_input(None, [1]), "INT64", "has no data: give 'data', or 'binary_data_size'"),
     ],
 )
 def test_bad_tensors_name_the_problem(tensor, datatype, fragment):
@@ -55,7 +63,7 @@ def test_bad_tensors_name_the_problem(tensor, datatype, fragment):
 
 def test_response_is_flat_row_major_and_exact():
     values = np.array([[0.1, 1e-8], [3.0, -2.5]], np.float32)
-    body = json.loads(encode_response("m", "1", "id-1", {"y": ("FP32", values.T)}))
+    body = json.loads(encode_response("m", "1", "id-1", {"y": ("FP32", values.T)})[0])
     data = body["outputs"][0].pop("data")
     assert body == {
         "model_name": "m",
@@ -78,7 +86,7 @@ def test_response_is_flat_row_major_and_exact():
     ],
 )
 def test_response_data_reads_back_exactly_in_every_datatype(datatype, array):
-    body = json.loads(encode_response("m", "1", "i", {"y": (datatype, array)}))
+    body = json.loads(encode_response("m", "1", "i", {"y": (datatype, array)})[0])
     data = body["outputs"][0]["data"]
     assert np.array_equal(np.asarray(data, array.dtype), array)
     assert all(isinstance(v, bool) for v in data) == (datatype == "BOOL")
@@ -87,3 +95,90 @@ def test_response_data_reads_back_exactly_in_every_datatype(datatype, array):
 def test_non_finite_outputs_are_a_server_error_naming_them():
     with pytest.raises(ServingError, match="output y holds NaN or infinity"):
         encode_response("m", "1", "i", {"y": ("FP32", np.array([np.nan], np.float32))})
+
+
+# The binary tensor data extension: raw little-endian bytes after the JSON.
+
+
+def _binary_request(inputs, outputs=None, **parameters):
+    return InferenceRequest(inputs=inputs, outputs=outputs, parameters=parameters or None)
+
+
+def test_binary_inputs_take_their_bytes_in_order():
+    a, b = np.arange(6, dtype=np.int64).reshape(2, 3), np.array([1.5, -2], np.float32)
+    request = _binary_request(
+        [
+            _input(None, [2, 3], parameters={"binary_data_size": a.nbytes}),
+            _input([7], [1], "INT32"),  # JSON data may sit between binary inputs
+            RequestInput(
+                name="b", shape=[2], datatype="FP32", parameters={"binary_data_size": b.nbytes}
+            ),
+        ]
+    )
+    attach_binary_data(request, a.tobytes() + b.tobytes())
+    first, middle, last = request.inputs
+    np.testing.assert_array_equal(decode_tensor(first, "INT64"), a)
+    np.testing.assert_array_equal(decode_tensor(middle, "INT32"), [7])
+    np.testing.assert_array_equal(decode_tensor(last, "FP32"), b)
+
+
+@pytest.mark.parametrize(
+    ("size", "payload", "fragment"),
+    [
+        (16, b"\0" * 8, "goes past the end of the 8 bytes"),
+        (8, b"\0" * 12, "4 bytes after the JSON belong to no input"),
+        (-1, b"", "binary_data_size must be an int >= 0"),
+        ("8", b"\0" * 8, "binary_data_size must be an int >= 0"),
+    ],
+)
+def test_binary_sizes_that_disagree_with_the_payload_are_refused(size, payload, fragment):
+    request = _binary_request([_input(None, [1], parameters={"binary_data_size": size})])
+    with pytest.raises(BadRequestError, match=fragment):
+        attach_binary_data(request, payload)
+
+
+def test_binary_input_of_the_wrong_size_or_with_data_too_is_refused():
+    request = _binary_request([_input(None, [2], parameters={"binary_data_size": 8})])
+    attach_binary_data(request, b"\0" * 8)
+    with pytest.raises(BadRequestError, match="takes 16 bytes, binary_data_size is 8"):
+        decode_tensor(request.inputs[0], "INT64")
+    both = _binary_request([_input([1], [1], parameters={"binary_data_size": 8})])
+    with pytest.raises(BadRequestError, match="has both 'data' and binary_data_size"):
+        attach_binary_data(both, b"\0" * 8)
+    flags = _binary_request([_input(None, [2], "BOOL", parameters={"binary_data_size": 2})])
+    attach_binary_data(flags, b"\x01\x07")
+    with pytest.raises(BadRequestError, match="bytes other than 0/1"):
+        decode_tensor(flags.inputs[0], "BOOL")
+
+
+def test_binary_outputs_follow_the_json_which_describes_them():
+    y, z = np.array([[0.25, -1]], np.float32), np.array([3, 4], np.int64)
+    body, json_length = encode_response("m", "1", "i", {"y": ("FP32", y), "z": ("INT64", z)}, ["y"])
+    header = json.loads(body[:json_length])
+    assert header["outputs"][0] == {
+        "name": "y",
+        "datatype": "FP32",
+        "shape": [1, 2],
+        "parameters": {"binary_data_size": 8},
+    }
+    assert header["outputs"][1]["data"] == [3, 4]
+    np.testing.assert_array_equal(np.frombuffer(body[json_length:], "<f4").reshape(1, 2), y)
+    # NaN has no JSON form, but travels as bytes.
+    nan = np.array([np.nan], np.float32)
+    body, json_length = encode_response("m", "1", "i", {"y": ("FP32", nan)}, ["y"])
+    assert np.isnan(np.frombuffer(body[json_length:], "<f4")).all()
+
+
+def test_which_outputs_are_binary():
+    request = _binary_request(
+        [_input([1], [1])],
+        outputs=[
+            RequestOutput(name="a", parameters={"binary_data": True}),
+            RequestOutput(name="b", parameters={"binary_data": False}),
+            RequestOutput(name="c"),
+        ],
+        binary_data_output=True,
+    )
+    assert [wants_binary(request, n) for n in "abcd"] == [True, False, True, True]
+    plain = _binary_request([_input([1], [1])], outputs=[RequestOutput(name="c")])
+    assert not wants_binary(plain, "c")

@@ -265,6 +265,28 @@ def test_bad_request_answers_an_error_and_the_server_goes_on(client, reference, 
     _good_request(client, reference)
 
 
+@pytest.mark.parametrize(
+    ("length", "payload", "fragment"),
+    [
+        ("abc", b"", "Inference-Header-Content-Length must be the byte length"),
+        ("99999", b"", "Inference-Header-Content-Length must be the byte length"),
+        (None, b"\0" * 16, "goes past the end of the 16 bytes"),
+        (None, b"\0" * 40, "16 bytes after the JSON belong to no input"),
+    ],
+)
+def test_bad_binary_tensor_data_is_a_400(client, reference, length, payload, fragment):
+    header = json.dumps(
+        {"inputs": [{**IDS, "data": None, "parameters": {"binary_data_size": 24}}]}
+    ).encode()
+    r = client.post(
+        INFER,
+        content=header + payload,
+        headers={"Inference-Header-Content-Length": length or str(len(header))},
+    )
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
+    _good_request(client, reference)
+
+
 @pytest.mark.parametrize("path", ["/v2/models/nope", "/v2/models/tiny/versions/9/ready"])
 def test_unknown_model_or_version_is_404_everywhere(client, path):
     r = client.get(path)
