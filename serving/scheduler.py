@@ -1,5 +1,5 @@
 """Fair, batched scheduling of text generation: one worker thread per model version gives every
-active request one token per round, all of them in one onnxruntime call.
+active request one token per round, the requests decoded together in batched onnxruntime calls.
 
 Rounds are what make it fair: every active request advances at the same rate, so a long
 generation never holds up a short one, and a request that arrives while others generate gets
