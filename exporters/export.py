@@ -43,6 +43,7 @@ from exporters.verify import VerifyReport, verify_export
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_directory, tokenizer_to_files
 from qwthn_onnx.adapter import QWTHNModel
+from qwthn_onnx.adapter.config import ABLATION_FUSIONS
 from qwthn_onnx.checkpoint import LoadedModel, model_from_payload, read_model_pt
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.schemas import register_schemas
@@ -274,6 +275,13 @@ def export_model(
         payload = read_model_pt(model_pt)
         check_architecture(payload["base_model"]["architecture"])
         loaded = model_from_payload(payload)
+        fusion = loaded.model.qwthn_config.fusion
+        if fusion in ABLATION_FUSIONS:
+            raise ExportError(
+                f"{model_pt}: fusion={fusion!r} is an ablation for studying the adapter, not "
+                f"for deployment; qwthn-export writes 'weighted' and 'linear' adapters (train "
+                f"with one of those to export)"
+            )
         if options.dtype != "float32":
             _cast_base(loaded, options.dtype)
         metadata = _metadata(loaded, payload, options.dtype)

@@ -16,10 +16,11 @@ from typing import Any
 from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.circuit import ANSATZE, Circuit, CircuitError, build_ansatz
 
-__all__ = ["CONFIG_FILE_NAME", "ConfigError", "QWTHNConfig"]
+__all__ = ["ABLATION_FUSIONS", "CONFIG_FILE_NAME", "ConfigError", "QWTHNConfig"]
 
 CONFIG_FILE_NAME = "adapter_config.json"
-_FUSIONS = ("weighted", "linear")
+ABLATION_FUSIONS = ("mpo", "qnn")  # one path of the adapter alone: trained, never exported
+_FUSIONS = ("weighted", "linear", *ABLATION_FUSIONS)
 _ANGLE_MAPS = ("auto", "linear", "identity")
 _ANGLE_SQUASHES = ("pi_tanh", "none")
 _INIT_DELTAS = ("zero", "normal")
@@ -91,7 +92,9 @@ class QWTHNConfig:
         default="weighted",
         metadata={
             "help": "'weighted': f = a * P(q) (element-wise, paper v1); 'linear': f = alpha*a + "
-            "beta*P(q) (paper v2), alpha and beta trainable. P: Linear n->r."
+            "beta*P(q) (paper v2), alpha and beta trainable. P: Linear n->r. Ablations, for "
+            "studying the adapter (training only, not exported): 'mpo': f = a (no circuit); "
+            "'qnn': f = P(q) (the circuit's path alone)."
         },
     )
     fusion_alpha: float = field(default=1.0, metadata={"help": "Initial alpha of linear fusion."})

@@ -104,21 +104,22 @@ class QWTHNAdapter(nn.Module):
             out_modes=config.modes_for(r),
             **mpo,
         )
-        self.angle_proj = (
-            nn.Linear(r, n) if config.resolved_angle_map() == "linear" else nn.Identity()
-        )
-        self.squash = config.angle_squash == "pi_tanh"
-        if circuit is None:
-            circuit = build_ansatz(config.ansatz, n, config.n_layers)
-        self.qnn = QuantumLayer(
-            circuit, config.qnn_init, config.qnn_init_scale, config.quantum_backend
-        )
-        self.quantum_proj = nn.Linear(circuit.n_observables, r)
         self.fusion = config.fusion
+        self.squash = config.angle_squash == "pi_tanh"
+        if self.fusion != "mpo":  # the ablation without a circuit has no QNN path at all
+            self.angle_proj = (
+                nn.Linear(r, n) if config.resolved_angle_map() == "linear" else nn.Identity()
+            )
+            if circuit is None:
+                circuit = build_ansatz(config.ansatz, n, config.n_layers)
+            self.qnn = QuantumLayer(
+                circuit, config.qnn_init, config.qnn_init_scale, config.quantum_backend
+            )
+            self.quantum_proj = nn.Linear(circuit.n_observables, r)
         if self.fusion == "weighted":
             # f = a * P(q) starts near a, so the MPO path learns from step 1 and the QNN modulates.
             nn.init.ones_(self.quantum_proj.bias)
-        else:
+        elif self.fusion == "linear":
             self.fusion_alpha = nn.Parameter(torch.tensor(float(config.fusion_alpha)))
             self.fusion_beta = nn.Parameter(torch.tensor(float(config.fusion_beta)))
         self.mpo_up = MPOLinear(
@@ -134,11 +135,18 @@ class QWTHNAdapter(nn.Module):
         compute = torch.promote_types(x.dtype, torch.float32)
         x = x.to(compute)
         a = self.mpo_down(x)
+        if self.fusion == "mpo":
+            return self.mpo_up(a)
         z = self.angle_proj(a)
         if self.squash:
             z = math.pi * torch.tanh(z)
         p = self.quantum_proj(self.qnn(z))
-        f = a * p if self.fusion == "weighted" else self.fusion_alpha * a + self.fusion_beta * p
+        if self.fusion == "weighted":
+            f = a * p
+        elif self.fusion == "linear":
+            f = self.fusion_alpha * a + self.fusion_beta * p
+        else:  # "qnn"
+            f = p
         return self.mpo_up(f)
 
 

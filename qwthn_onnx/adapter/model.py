@@ -273,6 +273,8 @@ class QWTHNModel(nn.Module):
         layers = self.adapter_layers()
         if module not in layers:
             raise AdapterError(f"{module!r} is not an adapted module; adapted: {list(layers)}")
+        if layers[module].qwthn.fusion == "mpo":
+            raise AdapterError(f"{module!r} has no circuit to replace (fusion='mpo')")
         old = layers[module].qwthn.qnn
         if (circuit.n_inputs, circuit.n_observables) != (
             old.circuit.n_inputs,
@@ -321,6 +323,8 @@ class QWTHNModel(nn.Module):
                 f"quantum backend {backend!r} is not one of 'torch', 'cpp', 'auto', 'shots'"
             )
         for layer in self.adapter_layers().values():
+            if layer.qwthn.fusion == "mpo":  # the ablation without a circuit
+                continue
             qnn = layer.qwthn.qnn
             qnn.estimator = estimator
             if estimator is None:

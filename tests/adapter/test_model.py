@@ -76,6 +76,45 @@ def test_fusions_and_ansatze_change_the_output_once_trained(tiny_model, batch, f
     assert hasattr(layer.qwthn, "fusion_alpha") == (fusion == "linear")
 
 
+@pytest.mark.parametrize(
+    ("fusion", "absent"),
+    [("mpo", {"angle_proj", "qnn", "quantum_proj"}), ("qnn", {"fusion_alpha", "fusion_beta"})],
+)
+def test_ablation_fusions_train_one_path_alone(tiny_model, batch, fusion, absent):
+    """'mpo': the MPO path alone, no circuit (and no parameters of one); 'qnn': the circuit's
+    path alone, f = P(q). Each trains: the loss falls and the output is f through mpo_up."""
+    model = QWTHNModel(tiny_model("llama"), QWTHNConfig(**SMALL, fusion=fusion))
+    adapter = next(iter(model.adapter_layers().values())).qwthn
+    names = {n.split(".")[0] for n, _ in adapter.named_parameters()}
+    assert not names & absent
+    full = QWTHNModel(tiny_model("llama"), QWTHNConfig(**SMALL))
+    # 'qnn' keeps every parameter of the weighted fusion (which has no fusion parameters).
+    fewer = model.trainable_parameters() < full.trainable_parameters()
+    assert fewer == (fusion == "mpo")
+    with torch.no_grad():  # the adapter computes its one path
+        x = torch.randn(2, 64)
+        a = adapter.mpo_down(x)
+        if fusion == "mpo":
+            expected = adapter.mpo_up(a)
+        else:
+            z = torch.pi * torch.tanh(adapter.angle_proj(a))
+            expected = adapter.mpo_up(adapter.quantum_proj(adapter.qnn(z)))
+        torch.testing.assert_close(adapter(x), expected)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.set_quantum_backend("torch")  # no circuit to configure for 'mpo': nothing to do
+    if fusion == "mpo":
+        with pytest.raises(AdapterError, match="has no circuit to replace"):
+            model.replace_circuit(next(iter(model.adapter_layers())), None)
+
+
 def test_regex_and_suffix_targets(tiny_model):
     model = tiny_model("llama")
     assert find_target_modules(model, r".*layers\.1\.self_attn\.(q|k)_proj") == [

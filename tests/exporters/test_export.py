@@ -315,3 +315,12 @@ def test_highest_supported_opset_exports_and_verifies(exported, tmp_path):
     assert result.verification.passed
     proto = onnx.load(str(result.directory / "model.onnx"), load_external_data=False)
     assert {(o.domain, o.version) for o in proto.opset_import} >= {("", MAX_OPSET), (DOMAIN, 1)}
+
+
+@pytest.mark.parametrize("fusion", ["mpo", "qnn"])
+def test_ablation_fusions_are_refused_with_the_reason(tmp_path, fusion):
+    path, _ = make_model_pt(tmp_path / "model.pt", fusion=fusion)
+    with pytest.raises(ExportError, match=f"fusion='{fusion}' is an ablation") as info:
+        export_model(path, tmp_path / "out")
+    assert "'weighted' and 'linear'" in str(info.value)
+    assert not (tmp_path / "out").exists()
