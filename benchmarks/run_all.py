@@ -135,7 +135,7 @@ def versions() -> dict[str, str]:
 def run(benchmark: Benchmark, results: Path, quick: bool) -> dict[str, Any]:
     """Run one benchmark; its report goes to ``<name>.md`` (written whole, then renamed)."""
     command = benchmark.command(results, quick)
-    shown = " ".join(Path(c).name if c == sys.executable else c for c in command)
+    shown = " ".join(_shown(c) for c in command)
     problem = missing_setup(benchmark)
     if problem:
         print(f"== {benchmark.name}: skipped: {problem}", file=sys.stderr, flush=True)
@@ -152,6 +152,14 @@ def run(benchmark: Benchmark, results: Path, quick: bool) -> dict[str, Any]:
     status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
     print(f"== {benchmark.name}: {status} in {seconds:.0f} s", file=sys.stderr, flush=True)
     return {"command": shown, "status": status, "seconds": round(seconds, 1), "finished": _now()}
+
+
+def _shown(argument: str) -> str:
+    """An argument as a reader would type it: ``python``, paths relative to the repository."""
+    if argument == sys.executable:
+        return "python"
+    path = Path(argument)
+    return os.path.relpath(path, ROOT) if path.is_absolute() and ROOT in path.parents else argument
 
 
 def _now() -> str:
