@@ -25,7 +25,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path``
-    is left as it was.
+    is left as it was. The result gets the mode a plain ``open`` would give it (or the mode of
+    the file it replaces), not mkstemp's owner-only 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _mode_of(path, 0o666))
         yield tmp
         os.replace(tmp, path)
     except BaseException:
@@ -44,6 +46,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _mode_of(path: Path, default: int) -> int:
+    """The permission bits for a new ``path``: those of the one it replaces, else ``default``
+    under the process's umask (as ``open`` or ``mkdir`` would apply it)."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    return default & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask can only
+    be read by setting it, which other threads would see for a moment)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _partial_name(path: Path) -> str:
@@ -71,6 +94,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     _remove_stale_partials(path)
     tmp = Path(tempfile.mkdtemp(prefix=_partial_name(path), dir=path.parent))
     try:
+        os.chmod(tmp, _mode_of(path, 0o777))  # not mkdtemp's owner-only 0700
         yield tmp
         if not path.exists():
             os.replace(tmp, path)
