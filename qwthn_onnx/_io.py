@@ -59,11 +59,10 @@ def _mode_of(path: Path, default: int) -> int:
 def _umask() -> int:
     """The process's umask, read without changing it where Linux says it (os.umask can only
     be read by setting it, which other threads would see for a moment)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
