@@ -36,7 +36,6 @@ import copy
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
-from system_info import machine_info
+from system_info import log, machine_info
 from torch import nn
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
@@ -317,11 +316,6 @@ def run_config(name: str, settings: Settings, workdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout holds only the report."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def ms(value: float) -> str:

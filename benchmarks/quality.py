@@ -50,6 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
+from system_info import log, machine_info
 from torch import nn
 
 import qwthn_onnx
@@ -121,11 +122,6 @@ METHODS: tuple[Method, ...] = (
 )  # fmt: skip
 METHODS_BY_NAME = {m.name: m for m in METHODS}
 REFERENCE = "qwthn"  # the ablations' shared reference point (run once)
-
-
-def log(message: str) -> None:
-    """Progress to stderr, so stdout holds only the report."""
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- models and parameter counts -------------------------------------------------------------
@@ -847,7 +843,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from system_info import machine_info  # benchmarks/ is on sys.path when run as a script
 
     args = parse_args(argv)
     if args.plots is not None:

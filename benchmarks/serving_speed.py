@@ -69,7 +69,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import uvicorn
-from system_info import machine_info
+from system_info import log, machine_info
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import qwthn_onnx
@@ -96,11 +96,6 @@ METRICS = (
     "qwthn_queue_duration_seconds",  # a request's wait in the batching queue
     "qwthn_generation_batch_size",  # generation requests per decode call
 )
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout holds only the report."""
-    print(message, file=sys.stderr, flush=True)
 
 
 class BenchmarkError(RuntimeError):
@@ -220,6 +215,30 @@ def scrape(url: str) -> dict[str, float]:
         if match and match[1] in wanted:
             values[match[1]] = values.get(match[1], 0.0) + float(match[2])
     return values
+
+
+def server_side(
+    delta: dict[str, float], cpu_server: float, cpu_client: float, elapsed: float, served: int
+) -> dict[str, Any]:
+    """What a point's window cost the server and the load generator: batching and queue
+    metrics (``delta`` of /metrics over the window), CPU per request, onnxruntime time."""
+    per_request = 1e3 / served if served else None
+    return {
+        "rows_per_run": mean_of(delta, "qwthn_batch_size"),
+        "requests_per_run": mean_of(delta, "qwthn_batch_requests"),
+        "ort_runs": delta.get("qwthn_batch_size_count", 0.0),
+        "ort_run_ms": (mean_of(delta, "qwthn_inference_duration_seconds") or 0.0) * 1e3,
+        "queue_ms": (mean_of(delta, "qwthn_queue_duration_seconds") or 0.0) * 1e3,
+        "server_cpu_cores": cpu_server / elapsed,
+        "server_cpu_ms_per_request": cpu_server * per_request if per_request else None,
+        "ort_ms_per_request": (
+            delta.get("qwthn_inference_duration_seconds_sum", 0.0) * per_request
+            if per_request
+            else None
+        ),
+        "client_cpu_cores": cpu_client / elapsed,
+        "metrics_delta": delta,
+    }
 
 
 def mean_of(delta: dict[str, float], metric: str) -> float | None:
@@ -373,20 +392,7 @@ def run_point(
         "p99_ms": float(np.percentile(latencies, 99)) if completed else None,
         "mean_ms": float(latencies.mean()) if completed else None,
         "max_ms": float(latencies.max()) if completed else None,
-        "rows_per_run": mean_of(delta, "qwthn_batch_size"),
-        "requests_per_run": mean_of(delta, "qwthn_batch_requests"),
-        "ort_runs": delta.get("qwthn_batch_size_count", 0.0),
-        "ort_run_ms": (mean_of(delta, "qwthn_inference_duration_seconds") or 0.0) * 1e3,
-        "queue_ms": (mean_of(delta, "qwthn_queue_duration_seconds") or 0.0) * 1e3,
-        "server_cpu_cores": cpu_server / elapsed,
-        "server_cpu_ms_per_request": cpu_server * 1e3 / completed if completed else None,
-        "ort_ms_per_request": (
-            delta.get("qwthn_inference_duration_seconds_sum", 0.0) * 1e3 / completed
-            if completed
-            else None
-        ),
-        "client_cpu_cores": cpu_client / elapsed,
-        "metrics_delta": delta,
+        **server_side(delta, cpu_server, cpu_client, elapsed, completed),
         "latencies_ms": [round(float(x), 4) for x in latencies],
     }
     return point, results
@@ -494,22 +500,9 @@ def wrk_point(
         "p99_ms": report["p99_us"] / 1e3,
         "mean_ms": report["mean_us"] / 1e3,
         "max_ms": report["max_us"] / 1e3,
-        "rows_per_run": mean_of(delta, "qwthn_batch_size"),
-        "requests_per_run": mean_of(delta, "qwthn_batch_requests"),
-        "ort_runs": delta.get("qwthn_batch_size_count", 0.0),
-        "ort_run_ms": (mean_of(delta, "qwthn_inference_duration_seconds") or 0.0) * 1e3,
-        "queue_ms": (mean_of(delta, "qwthn_queue_duration_seconds") or 0.0) * 1e3,
-        "server_cpu_cores": cpu_server / elapsed,
-        "server_cpu_ms_per_request": cpu_server * 1e3 / served if served else None,
-        "ort_ms_per_request": (
-            delta.get("qwthn_inference_duration_seconds_sum", 0.0) * 1e3 / served
-            if served
-            else None
-        ),
-        "client_cpu_cores": cpu_client / elapsed,
         "checked": len(checks),
         "checked_max_abs_diff": max(checks, default=0.0),
-        "metrics_delta": delta,
+        **server_side(delta, cpu_server, cpu_client, elapsed, served),
     }
 
 
@@ -770,12 +763,12 @@ def main() -> int:
         except BenchmarkError as e:
             failure = str(e)
     elapsed = time.perf_counter() - start
-    machine = machine_info()
+    machine, package_versions = machine_info(), versions()
     found = ratios(points)
     print(
         f"machine: {machine['cpu']}, {machine['cores']} cores; server and load generator on "
         f"the same machine\n"
-        "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "\n"
+        "versions: " + ", ".join(f"{k} {v}" for k, v in package_versions.items()) + "\n"
         f"servers: `python -m serving EXPORT --threads {args.threads} {' '.join(COMMON_FLAGS)}` "
         f"plus batching on: `{' '.join(SERVERS['on'])}`, off: `{' '.join(SERVERS['off'])}`; "
         f"{warmup:g} s warm-up and {duration:g} s measured per point"
@@ -808,7 +801,7 @@ def main() -> int:
             json.dump(
                 {
                     "machine": machine,
-                    "versions": versions(),
+                    "versions": package_versions,
                     "settings": {
                         "threads": args.threads,
                         "server_flags": {k: v + COMMON_FLAGS for k, v in SERVERS.items()},

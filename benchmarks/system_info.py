@@ -1,9 +1,10 @@
-"""The machine a benchmark ran on, stated the same way by every benchmark."""
+"""What every benchmark shares: the machine it ran on, stated the same way, and progress lines."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 from typing import Any
 
 
@@ -22,3 +23,8 @@ def cpu_model() -> str:
 def machine_info(**extra: Any) -> dict[str, Any]:
     """CPU model and core count, plus what the benchmark adds (threads, measured rates)."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), **extra}
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
