@@ -1,9 +1,16 @@
-"""Atomic file output: write to a temporary sibling, then rename, so a crash or Ctrl-C never
-leaves a half-written file where the user's previous one was."""
+"""Atomic file output: write to a temporary sibling, then rename, so a crash, Ctrl-C or even
+SIGKILL never leaves a half-written file where the user's previous one was.
+
+Temporaries are named ``.<name>.partial-<pid>-<random>``: an interruption that can run cleanup
+(exceptions, Ctrl-C, SIGTERM in our CLIs) removes its own; SIGKILL cannot, so the next write of
+the same output removes those whose process is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -30,13 +37,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_partials(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_partial_name(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, _mode_of(path, 0o666))
+        mode = _mode_of(path, 0o666)
         yield tmp
+        os.chmod(tmp, mode)  # after writing: some writers (safetensors) recreate the file 0600
+        _sync(tmp)
         os.replace(tmp, path)
+        _sync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -46,6 +57,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file, or a directory's entries) to disk, so that after a power loss
+    the renamed output is the complete new one, not an empty file under the new name."""
+    if path.is_symlink():
+        return
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _mode_of(path: Path, default: int) -> int:
@@ -73,20 +96,49 @@ def _partial_name(path: Path) -> str:
 
 
 def _remove_stale_partials(path: Path) -> None:
-    """Remove temporary directories left by killed runs (their process is gone)."""
+    """Remove temporaries left by killed writers of ``path`` (their process is gone).
+
+    A leftover holding ``previous`` is the old output moved aside by a writer killed mid-swap
+    (only where :func:`_exchange` is unsupported): it goes back to ``path`` if nothing replaced it.
+    """
     for stale in path.parent.glob(f".{path.name}.partial-*"):
         pid = stale.name.rsplit("-", 2)[-2]
-        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            continue  # a live writer (maybe another process writing the same output)
+        if stale.is_dir() and not stale.is_symlink():
+            previous = stale / "previous"
+            if previous.exists() and not path.exists():
+                os.replace(previous, path)
             shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), so no
+    kill can fall between "old moved away" and "new moved in". False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # old kernel or file system
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
 
-    A previous ``path`` is moved aside and deleted only once the new directory is in place; on
-    any exception the temporary directory is removed and ``path`` is left as it was. Leftovers
-    of a killed process (``.<name>.partial-<pid>-*``) are removed by the next call.
+    A previous ``path`` is swapped with the new directory in one step and deleted afterwards;
+    on any exception the temporary directory is removed and ``path`` is left as it was.
+    Leftovers of a killed process (``.<name>.partial-<pid>-*``) are removed by the next call.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +147,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, _mode_of(path, 0o777))  # not mkdtemp's owner-only 0700
         yield tmp
+        for item in (*tmp.rglob("*"), tmp):
+            _sync(item)
         if not path.exists():
             os.replace(tmp, path)
+            _sync(path.parent)
+            return
+        if _exchange(tmp, path):
+            _sync(path.parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the previous output
             return
         aside = Path(tempfile.mkdtemp(prefix=_partial_name(path), dir=path.parent))
         os.replace(path, aside / "previous")

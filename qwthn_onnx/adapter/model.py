@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from qwthn_onnx._io import atomic_path
-from qwthn_onnx.adapter.config import QWTHNConfig
+from qwthn_onnx._io import atomic_directory, atomic_path
+from qwthn_onnx.adapter.config import CONFIG_FILE_NAME, QWTHNConfig
 from qwthn_onnx.adapter.layer import SUPPORTED_LAYER_TYPES, QuantumLayer, QWTHNLayer
 from qwthn_onnx.circuit import Circuit
 
@@ -28,6 +28,7 @@ __all__ = [
     "AdapterError",
     "ParameterReport",
     "QWTHNModel",
+    "check_adapter_directory",
     "default_target_modules",
     "find_target_modules",
     "inject_adapters",
@@ -36,6 +37,7 @@ __all__ = [
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
+_WEIGHTS_METADATA = {"format": "pt", "adapter": "QWTHN"}
 
 
 class AdapterError(ValueError):
@@ -253,12 +255,15 @@ class QWTHNModel(nn.Module):
         self.base_model.load_state_dict(stripped, strict=False)
 
     def save_adapter(self, directory: str | Path) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (each atomically)."""
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` as one atomic directory,
+        so an interrupted save never pairs new weights with an old config."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / ADAPTER_WEIGHTS_NAME) as tmp:
-            save_file(self.adapter_state_dict(), tmp, metadata={"format": "pt", "adapter": "QWTHN"})
-        self.qwthn_config.save(directory)
+        check_adapter_directory(directory)
+        with atomic_directory(directory) as tmp:
+            # atomic_path for the file mode: safetensors creates owner-only (0600) files
+            with atomic_path(tmp / ADAPTER_WEIGHTS_NAME) as weights:
+                save_file(self.adapter_state_dict(), weights, metadata=_WEIGHTS_METADATA)
+            self.qwthn_config.save(tmp)
         return directory
 
     def replace_circuit(self, module: str, circuit: Circuit) -> None:
@@ -357,6 +362,23 @@ class QWTHNModel(nn.Module):
             rank=self.qwthn_config.rank,
             targets=list(self.adapted_modules),
         )
+
+
+def check_adapter_directory(directory: str | Path) -> None:
+    """Fail before any work when ``directory`` cannot become an adapter directory: it is a
+    file, or holds files that are not an adapter's (a save replaces the whole directory)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise AdapterError(f"{directory} is a file, not a directory: choose a directory path")
+    if directory.is_dir():
+        ours = (CONFIG_FILE_NAME, ADAPTER_WEIGHTS_NAME)
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+        if foreign:
+            raise AdapterError(
+                f"{directory} holds files that are not a QWTHN adapter ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); saving replaces the whole directory, "
+                "so choose a new or empty one, or remove them"
+            )
 
 
 def load_adapter(base_model: nn.Module, directory: str | Path) -> QWTHNModel:

@@ -25,6 +25,7 @@ from qwthn_onnx.adapter import (
     ConfigError,
     QWTHNConfig,
     QWTHNModel,
+    check_adapter_directory,
     default_target_modules,
     find_target_modules,
 )
@@ -159,6 +160,8 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     training: dict[str, Any] = {"seed": args.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     # Every check that can fail on the user's input runs before any work.
     check_output_file(args.output)
+    if args.adapter_dir:
+        check_adapter_directory(args.adapter_dir)
     if demo and args.base_weights == "reference":
         raise ConfigError("--base-weights reference needs --model DIR (the demo base has none)")
     if not demo and args.data is None:
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"interrupted: {args.output} was not written (any earlier file is intact)",
+            "interrupted: an output not finished was not written (any earlier one is intact)",
             file=sys.stderr,
         )
         return 130

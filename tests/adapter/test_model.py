@@ -176,6 +176,24 @@ def test_adapter_save_load_round_trip(tmp_path, tiny_model, batch):
         load_adapter(tiny_model("gpt2"), tmp_path)
 
 
+def test_adapter_saves_replace_the_pair_and_refuse_foreign_directories(tmp_path, tiny_model):
+    """Config and weights are replaced together (one directory swap), so a killed save never
+    pairs new weights with an old config; a directory with other files is not ours to replace."""
+    model = QWTHNModel(tiny_model("gpt2"), QWTHNConfig(**SMALL))
+    target = tmp_path / "adapter"
+    model.save_adapter(target)
+    bigger = QWTHNModel(tiny_model("gpt2"), QWTHNConfig(**{**SMALL, "rank": 8}))
+    bigger.save_adapter(target)
+    assert load_adapter(tiny_model("gpt2"), target).qwthn_config.rank == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(AdapterError, match=r"holds files that are not a QWTHN adapter \(notes"):
+        model.save_adapter(target)
+    assert (target / "notes.txt").read_text() == "mine"
+    with pytest.raises(AdapterError, match="is a file, not a directory"):
+        model.save_adapter(target / "notes.txt")
+
+
 def test_layer_forwards_attributes_of_the_wrapped_linear(tiny_model):
     model = QWTHNModel(tiny_model("llama"), QWTHNConfig(**SMALL))
     layer = model.base_model.model.layers[0].self_attn.q_proj
