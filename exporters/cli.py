@@ -30,12 +30,14 @@ from qwthn_onnx.checkpoint import (
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.runtime.metadata import MetadataError
+from qwthn_onnx.runtime.session import ExportIntegrityError
 
 USER_ERRORS = (
     AdapterError,
     CircuitError,
     ConfigError,
     ExportError,
+    ExportIntegrityError,
     FileNotFoundError,  # a model, program or job path that does not exist
     ImportError_,
     MetadataError,

@@ -12,7 +12,7 @@ from qwthn_onnx import __version__
 from qwthn_onnx.runtime.generation import GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError
 from qwthn_onnx.runtime.metadata import MetadataError
-from qwthn_onnx.runtime.session import QWTHNSession
+from qwthn_onnx.runtime.session import ExportIntegrityError, QWTHNSession
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         seconds = time.perf_counter() - start
     except (
+        ExportIntegrityError,
         FileNotFoundError,
         GenerationError,
         LibraryNotFoundError,

@@ -4,9 +4,16 @@ session wrapper with KV-cache text generation."""
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
-from qwthn_onnx.runtime.session import FallbackWarning, Generation, QWTHNSession
+from qwthn_onnx.runtime.session import (
+    ExportIntegrityError,
+    FallbackWarning,
+    Generation,
+    QWTHNSession,
+    check_export_integrity,
+)
 
 __all__ = [
+    "ExportIntegrityError",
     "ExportMetadata",
     "FallbackWarning",
     "Generation",
@@ -15,6 +22,7 @@ __all__ = [
     "LibraryNotFoundError",
     "MetadataError",
     "QWTHNSession",
+    "check_export_integrity",
     "get_library_path",
     "session_options",
 ]

@@ -11,7 +11,12 @@ from qwthn_onnx.runtime.generation import (
     _filtered_probabilities,
     next_tokens,
 )
-from qwthn_onnx.runtime.session import FallbackWarning, QWTHNSession
+from qwthn_onnx.runtime.session import (
+    ExportIntegrityError,
+    FallbackWarning,
+    QWTHNSession,
+    check_export_integrity,
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +171,36 @@ def test_qwthn_run_prints_the_generated_text(llama, capsys):
     assert "tokens/s" in captured.err and "kernels" in captured.err
     assert run_main([str(directory / "nothing"), "-p", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_an_export_that_no_longer_matches_its_manifest_is_refused(llama, tmp_path, capsys):
+    """A changed weight still parses and would answer wrongly without a word: loading an export
+    directory checks every file against manifest.json first."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    directory = shutil.copytree(llama[0], tmp_path / "export")
+    proto = onnx.load(str(directory / "model.onnx"))
+    weight = next(i for i in proto.graph.initializer if i.name.endswith("q_proj.base_layer.weight"))
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] = -values.flat[0] + 1.0
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(proto, str(directory / "model.onnx"))
+    QWTHNSession(directory / "model.onnx", threads=1)  # parses: only the manifest can tell
+    with pytest.raises(ExportIntegrityError, match=r"model\.onnx: .*Export it again"):
+        QWTHNSession(directory, threads=1)
+    assert run_main([str(directory), "-p", "1+1="]) == 2
+    assert "does not match its manifest.json" in capsys.readouterr().err
+
+    shutil.copy2(llama[0] / "model.onnx", directory / "model.onnx")
+    (directory / "qasm" / "index.json").unlink()
+    with pytest.raises(ExportIntegrityError, match=r"qasm/index\.json: missing"):
+        check_export_integrity(directory)
+    (directory / "manifest.json").write_text('{"files": 3}')
+    with pytest.raises(ExportIntegrityError, match=r"manifest\.json is damaged"):
+        check_export_integrity(directory)
 
 
 def test_readme_inference_example_runs(llama, tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ def test_qwthn_verify_passes_and_catches_a_tampered_program(exported, tmp_path, 
     report = crosscheck(result.directory, samples=4, shots=2000)
     assert report.passed
     faces = {c.face for c in report.checks}
-    assert {"onnx kernel", "onnx fallback", "qasm exact", "qasm shots"} <= faces
+    assert {"onnx kernel", "onnx fallback", "qasm exact", "qasm shots", "files = manifest"} <= faces
     assert "qasm exact vs onnx kernel" in faces
     assert (
         verify_main([str(result.directory), "--samples", "2", "--json", str(tmp_path / "r")]) == 0
@@ -157,6 +157,7 @@ def test_qwthn_verify_passes_and_catches_a_tampered_program(exported, tmp_path, 
     bad = crosscheck(copy, samples=4, shots=2000)
     failed = {c.face for c in bad.checks if not c.passed}
     assert "circuit: qasm = node with weights" in failed and "qasm exact" in failed
+    assert "files = manifest" in failed  # the edit is named, and the other checks still ran
     capsys.readouterr()
     assert verify_main([str(copy), "--samples", "2"]) == 1
     assert "disagreement found" in capsys.readouterr().out
