@@ -1,7 +1,7 @@
 """Every benchmark of the project in one command, and BENCHMARKS.md regenerated from the results.
 
     bash benchmarks/setup_peers.sh       # once: wrk, and the peer simulators in their own venv
-    python benchmarks/run_all.py [--quick] [--only kernels,onnx,serving,quality,mpo]
+    python benchmarks/run_all.py [--quick] [--only kernels,onnx,serving,soak,quality,mpo]
     python benchmarks/run_all.py --markdown-only     # rewrite BENCHMARKS.md from the results
 
 Each benchmark runs alone, one after the other (never two at once: they would slow each other),
@@ -92,6 +92,13 @@ BENCHMARKS = {
             "Serving: qwthn-serve under load",
             "Throughput and latency at concurrency 1, 8 and 32, dynamic batching on and off.",
             needs=("wrk",),
+        ),
+        Benchmark(
+            "soak",
+            "serving_soak.py",
+            "Serving soak: mixed valid and invalid load",
+            "Minutes of valid and invalid requests from 32 clients: every answer checked, "
+            "server RSS over time, threads and open fds before and after.",
         ),
         Benchmark(
             "quality",

@@ -45,14 +45,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import random
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -76,8 +73,8 @@ import qwthn_onnx
 from exporters.export import ExportOptions, export_model
 from qwthn_onnx import QWTHNConfig, QWTHNModel, save_model_pt
 from qwthn_onnx.demo import DEMO_ADAPTER, build_char_tokenizer, build_tiny_model
+from serving.testing import ServerProcess, ServerProcessError
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 SEQ_LENS = {"demo": (16,), "gpt2-small": (1, 16)}  # infer input_ids [1, S] per model
 N_PROMPTS = 8
@@ -140,66 +137,6 @@ def build_export(name: str, workdir: Path) -> tuple[Path, int, dict[str, Any]]:
         "export_s": time.perf_counter() - start,
     }
     return result.directory, int(config.vocab_size), described
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m serving EXPORT --port P ARGS`` as a subprocess, its output in a log file."""
-
-    def __init__(self, export_dir: Path, args: list[str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            sys.executable, "-m", "serving", str(export_dir), "--port", str(self.port), *args
-        ]  # fmt: skip
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(
-            self.command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchmarkError(
-                    f"server exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise BenchmarkError(f"server not ready after {timeout} s:\n{self.log_tail()}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (all its threads)."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> int:
-        """SIGTERM and wait (graceful shutdown); the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise BenchmarkError("server did not stop within 30 s of SIGTERM; killed") from None
-        finally:
-            self._log.close()
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})? (\S+)")
@@ -290,7 +227,7 @@ def logits_of(content: bytes) -> np.ndarray:
     return np.asarray(output["data"], np.float32).reshape(output["shape"])
 
 
-def alone(server: Server, path: str, body: bytes) -> bytes:
+def alone(server: ServerProcess, path: str, body: bytes) -> bytes:
     """One request on an idle server (a reference); raises unless it answers 200."""
     response = httpx.post(server.url + path, content=body, timeout=60)
     if response.status_code != 200:
@@ -299,7 +236,7 @@ def alone(server: Server, path: str, body: bytes) -> bytes:
 
 
 def run_point(
-    server: Server, workload: Workload, concurrency: int, warmup_s: float, duration_s: float
+    server: ServerProcess, workload: Workload, concurrency: int, warmup_s: float, duration_s: float
 ) -> tuple[dict[str, Any], list[ClientResult]]:
     """N clients back to back: warm-up, then a window of ``duration_s``; metrics and CPU are
     read while every client waits at a barrier, so they cover the window's requests only."""
@@ -437,7 +374,7 @@ def run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[st
 
 
 def wrk_point(
-    server: Server,
+    server: ServerProcess,
     workload: Workload,
     concurrency: int,
     warmup_s: float,
@@ -533,7 +470,7 @@ def generation_workload(model: str, prompts: list[str]) -> Workload:
 
 
 def run_generation(
-    server: Server, workload: Workload, warmup: float, duration: float
+    server: ServerProcess, workload: Workload, warmup: float, duration: float
 ) -> list[dict[str, Any]]:
     """The generation points at every concurrency; sampled answers must equal the prompt's
     answer alone."""
@@ -687,7 +624,9 @@ def serve_model(
     references: dict[tuple[str, int], list[np.ndarray]] = {}
     for batching, server_flags in SERVERS.items():
         log(f"  server, batching {batching}: {' '.join(server_flags + flags)}")
-        server = Server(export_dir, server_flags + flags, workdir / f"{name}_{batching}.log")
+        server = ServerProcess(
+            [str(export_dir), *server_flags, *flags], workdir / f"{name}_{batching}.log"
+        )
         try:
             server.wait_ready()
             for seq_len, workload in infers.items():
@@ -760,7 +699,7 @@ def main() -> int:
             for name in models:
                 model_points, described[name] = serve_model(name, Path(tmp), args, warmup, duration)
                 points += model_points
-        except BenchmarkError as e:
+        except (BenchmarkError, ServerProcessError) as e:
             failure = str(e)
     elapsed = time.perf_counter() - start
     machine, package_versions = machine_info(), versions()

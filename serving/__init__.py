@@ -13,6 +13,8 @@
   text generation with server-sent events, OpenQASM programs, Prometheus ``/metrics``, OpenAPI
   ``/docs``); ``middleware``, ``metrics`` and ``errors`` serve it.
 - ``cli``: ``qwthn-serve`` / ``python -m serving``.
+- ``testing``: a real server process for tests and benchmarks (start, wait ready, read its
+  resources from ``/proc``, stop with SIGTERM).
 """
 
 from serving.app import Settings, create_app

@@ -48,7 +48,12 @@ from serving.generation import (
     plan_generation,
 )
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
-from serving.middleware import BodyLimitMiddleware, ErrorMiddleware, MetricsMiddleware
+from serving.middleware import (
+    CLIENT_GONE,
+    BodyLimitMiddleware,
+    ErrorMiddleware,
+    MetricsMiddleware,
+)
 from serving.protocol import (
     ErrorResponse,
     GenerateRequest,
@@ -134,7 +139,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # No caching, no proxy buffering, and no keep-alive: a browser that aborts a stream would
 # otherwise read it to its end to reuse the connection, and the generation would go on for it.
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
-_CLIENT_GONE = 499  # nginx's "client closed request": the status a disconnect is counted under
 T = TypeVar("T")
 # Up to these sizes an inference request is parsed, and its answer encoded, on the event loop:
 # each takes well under a millisecond there (measured: 25 µs for a 16-token request, 23 µs for
@@ -532,7 +536,7 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             finally:
                 job.cancel()
             if result is None:
-                return JSONResponse({"error": "the client disconnected"}, _CLIENT_GONE)
+                return JSONResponse({"error": "the client disconnected"}, CLIENT_GONE)
             return Response(answer(result).model_dump_json(), media_type="application/json")
 
         return StreamingResponse(

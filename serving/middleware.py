@@ -16,7 +16,13 @@ from starlette.routing import BaseRoute, Match
 
 from serving.metrics import Metrics
 
-__all__ = ["BodyLimitMiddleware", "ErrorMiddleware", "MetricsMiddleware", "send_error"]
+__all__ = [
+    "CLIENT_GONE",
+    "BodyLimitMiddleware",
+    "ErrorMiddleware",
+    "MetricsMiddleware",
+    "send_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CLIENT_GONE = 499  # nginx's "client closed request": the status a disconnect is counted under
 
 
 async def send_error(send: Send, status: int, message: str) -> None:
@@ -59,7 +67,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        # An app that returns without answering saw the client disconnect (a body cut off,
+        # a connection closed mid-request): "client closed request", not a server error.
+        status = CLIENT_GONE
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -69,6 +79,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_status)
+        except Exception:
+            if status == CLIENT_GONE:
+                status = 500
+            raise
         finally:
             seconds = time.perf_counter() - start
             self.metrics.observe_request(scope["method"], self._endpoint(scope), status, seconds)

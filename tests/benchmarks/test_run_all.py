@@ -86,3 +86,9 @@ def test_bad_choices_are_refused(fakes, capsys):
     with pytest.raises(SystemExit):
         run_all.main(["--results", str(fakes / "empty"), "--markdown-only"])
     assert "does not exist: run the benchmarks first" in capsys.readouterr().err
+
+
+def test_every_registered_benchmark_script_exists():
+    for benchmark in run_all.BENCHMARKS.values():
+        assert (run_all.HERE / benchmark.script).is_file(), benchmark
+    assert run_all.BENCHMARKS["soak"].script == "serving_soak.py"

@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,59 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporters import ExportOptions, export_model
 from qwthn_onnx.runtime.session import QWTHNSession
 from qwthn_onnx.runtime.signature import past_names
+from serving.testing import ServerProcess
 from tests.exporters.conftest import make_model_pt
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR_NAME = "tiny-llama"  # the single-export server's model name
 MAX_TOKENS = 200  # the --max-tokens of ``server``
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``python -m serving ARGS --port P`` in a subprocess, its output in a log file."""
-
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        command = [sys.executable, "-m", "serving", *args, "--port", str(self.port)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM, as an orchestrator would; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=20)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +40,13 @@ def export_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def repository_dir(export_dir, tmp_path_factory) -> Path:
-    """``<repo>/tiny/1`` (a symlink to the export) and ``<repo>/tiny/2`` (a copy without
-    its OpenQASM programs, as an export made with --no-qasm)."""
+    """``<repo>/tiny/1`` (a symlink to the export) and ``<repo>/tiny/2`` (the same model
+    exported with --no-qasm: a copy with qasm/ deleted would not match its manifest)."""
     repo = tmp_path_factory.mktemp("model_repository")
     (repo / "tiny").mkdir()
     (repo / "tiny" / "1").symlink_to(export_dir, target_is_directory=True)
-    shutil.copytree(export_dir, repo / "tiny" / "2", ignore=shutil.ignore_patterns("qasm"))
+    options = ExportOptions(verify=False, qasm=False)
+    export_model(export_dir.parent / "model.pt", repo / "tiny" / "2", options)
     return repo
 
 

@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 
 from serving import ModelRepository, Settings, create_app
+from serving.testing import free_port
 from tests.serving.conftest import (
     MODEL_DIR_NAME,
     finishing_order,
-    free_port,
     metric,
     parse_stream,
     wait_idle,

@@ -6,6 +6,8 @@ KServe v2 specification shows them: these tests are the contract.
 
 import asyncio
 import json
+import socket
+import time
 
 import httpx
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwthn_onnx.runtime.signature import past_names, present_names
-from tests.serving.conftest import MODEL_DIR_NAME, full_feed, ids_input, output_array
+from tests.serving.conftest import MODEL_DIR_NAME, full_feed, ids_input, metric, output_array
 
 ATOL = 1e-5
 INFER = "/v2/models/tiny/infer"
@@ -309,6 +311,26 @@ def test_oversize_body_is_413_declared_or_chunked(client, reference):
     _good_request(client, reference)
     metrics = client.get("/metrics").text  # refused before routing, counted under its route
     assert 'endpoint="/v2/models/{model_name}/infer",method="POST",status="413"} 2.0' in metrics
+
+
+def test_a_body_cut_off_by_the_client_counts_as_499_not_500(client, server, reference):
+    """A client that closes mid-body gets no answer; /metrics counted it as a server error
+    (500) until the metrics middleware learnt that an app returning without answering means
+    the client went away (found by the soak)."""
+    labels = {"endpoint": "/v2/models/{model_name}/infer", "method": "POST"}
+    before = {s: metric(client, "qwthn_requests_total", **labels, status=s) for s in ("499", "500")}
+    head = f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(head + b'{"inputs": [')
+        raw.shutdown(socket.SHUT_WR)
+        assert raw.recv(1024) == b""  # closed without an answer
+    deadline = time.monotonic() + 10  # the server counts it once it has seen the disconnect
+    while metric(client, "qwthn_requests_total", **labels, status="499") == before["499"]:
+        assert time.monotonic() < deadline, "the cut-off request was never counted"
+        time.sleep(0.05)
+    assert metric(client, "qwthn_requests_total", **labels, status="499") == before["499"] + 1
+    assert metric(client, "qwthn_requests_total", **labels, status="500") == before["500"]
+    _good_request(client, reference)
 
 
 def test_unknown_route_and_method_answer_errors(client):

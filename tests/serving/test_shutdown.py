@@ -7,7 +7,8 @@ import threading
 import httpx
 import numpy as np
 
-from tests.serving.conftest import ServerProcess, parse_stream
+from serving.testing import ServerProcess
+from tests.serving.conftest import parse_stream
 
 LONG = {"prompt": "", "max_new_tokens": 127}  # runs to the end of the 128-token context
 
