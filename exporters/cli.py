@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from rich.console import Console
 from rich.table import Table
 
@@ -254,7 +255,13 @@ def qasm_main(argv: list[str] | None = None) -> int:
             loaded = load_model_pt(args.model)
             layer = loaded.model.adapter_layers().get(args.layer)
             n_inputs = layer.qwthn.qnn.circuit.n_inputs if layer is not None else None
-            circuit = qasm3_to_circuit(args.program.read_text(), n_inputs=n_inputs)
+            try:
+                text = args.program.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise QasmError(
+                    f"{args.program} is not UTF-8 text ({e}); give an OpenQASM 3 program file"
+                ) from e
+            circuit = qasm3_to_circuit(text, n_inputs=n_inputs)
             loaded.model.replace_circuit(args.layer, circuit)
             save_model_pt(args.output, loaded.model, loaded.tokenizer, loaded.training)
             console.print(
@@ -308,6 +315,13 @@ def verify_main(argv: list[str] | None = None) -> int:
         report = crosscheck(args.model, args.samples, args.shots, args.seed)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DecodeError as e:  # crosscheck parses model.onnx itself
+        print(
+            f"error: {args.model}: model.onnx is not a readable ONNX file (truncated or "
+            f"damaged?): {e}; export it again with qwthn-export",
+            file=sys.stderr,
+        )
         return 2
     table = Table(title=f"qwthn-verify: {report.model}")
     for column in ("layer", "check", "value", "tolerance", ""):

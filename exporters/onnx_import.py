@@ -8,7 +8,6 @@ builds, so a file whose graph and metadata disagree is refused rather than half-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from qwthn_onnx._io import tokenizer_from_files
 from qwthn_onnx.adapter import QWTHNConfig, QWTHNModel
-from qwthn_onnx.checkpoint import LoadedModel
+from qwthn_onnx.checkpoint import LoadedModel, base_config, build_tokenizer, check_weights_fit
 from qwthn_onnx.circuit import Circuit, CircuitError
 from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
@@ -33,23 +31,28 @@ class ImportError_(ValueError):
 
 def _load(path: Path) -> onnx.ModelProto:
     try:
-        return onnx.load(str(path))
+        proto = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, OSError for missing external data, ...
         raise MetadataError(f"{path}: not a readable ONNX file (truncated or damaged?): {e}") from e
+    for prop in proto.metadata_props:  # protobuf hands invalid UTF-8 back as bytes, not str
+        if not isinstance(prop.key, str) or not isinstance(prop.value, str):
+            raise MetadataError(
+                f"{path}: metadata entry {prop.key!r} is not UTF-8 text; the file is damaged"
+            )
+    return proto
 
 
-def _base_model(meta: ExportMetadata) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _base_model(meta: ExportMetadata, graph: onnx.GraphProto) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
 
     base = meta.base_model
     dtype = getattr(torch, base["dtype"], None)
     if not isinstance(dtype, torch.dtype):
         raise MetadataError(f"base_model.dtype {base['dtype']!r} is not a torch dtype")
-    try:
-        config_dict = json.loads(base["config_json"])
-        config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as e:
-        raise MetadataError(f"base_model.config_json is not a usable config: {e}") from e
+    config = base_config(base["config_json"], "qwthn.base_model")
+    dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    shapes = {key: dims[name] for key, name in meta.weights.items() if name in dims}
+    check_weights_fit(config, shapes, dtype, "qwthn.base_model")
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if type(model).__name__ != base["architecture"]:
         raise MetadataError(
@@ -95,13 +98,19 @@ def _state_dict(graph: onnx.GraphProto, model: QWTHNModel, meta: ExportMetadata)
     for key, init_name in meta.weights.items():
         if init_name not in initializers:
             raise ImportError_(f"weight {key}: initializer {init_name!r} is not in the graph")
-        array = numpy_helper.to_array(initializers[init_name])
-        expected = own[key]
-        if tuple(array.shape) != tuple(expected.shape):
+        initializer, expected = initializers[init_name], own[key]
+        if tuple(initializer.dims) != tuple(expected.shape):  # checked before any allocation
             raise ImportError_(
-                f"weight {key}: initializer {init_name!r} has shape {list(array.shape)}, "
+                f"weight {key}: initializer {init_name!r} has shape {list(initializer.dims)}, "
                 f"the model expects {list(expected.shape)}"
             )
+        try:
+            array = numpy_helper.to_array(initializer)
+        except (ValueError, TypeError) as e:
+            raise ImportError_(
+                f"weight {key}: initializer {init_name!r} does not hold the data its shape and "
+                f"type say ({e}); the file is damaged"
+            ) from e
         tensor = torch.from_numpy(np.array(array, copy=True))
         if tensor.dtype != expected.dtype:
             raise ImportError_(f"weight {key}: dtype {tensor.dtype}, expected {expected.dtype}")
@@ -114,7 +123,7 @@ def import_onnx(path: str | Path) -> LoadedModel:
     path = resolve_model_path(path)
     proto = _load(path)
     meta = ExportMetadata.from_model(proto, where=str(path))
-    model = QWTHNModel(_base_model(meta), QWTHNConfig.from_dict(meta.adapter_config))
+    model = QWTHNModel(_base_model(meta, proto.graph), QWTHNConfig.from_dict(meta.adapter_config))
     _check_circuits(proto.graph, model, meta)
     model.base_model.load_state_dict(_state_dict(proto.graph, model, meta), strict=False)
     files = meta.tokenizer_files()
@@ -122,7 +131,7 @@ def import_onnx(path: str | Path) -> LoadedModel:
     training["imported_from"] = str(path)
     return LoadedModel(
         model=model,
-        tokenizer=None if files is None else tokenizer_from_files(files),
+        tokenizer=None if files is None else build_tokenizer(files, str(path)),
         training=training,
         producer=meta.producer,
     )

@@ -47,7 +47,15 @@ from openqasm3 import ast
 from openqasm3.parser import QASM3ParsingError
 from qiskit import ClassicalRegister, qasm2
 
-from qwthn_onnx.circuit.ir import GATES, Circuit, CircuitError, Gate, Param
+from qwthn_onnx.circuit.ir import (
+    GATES,
+    MAX_QUBITS_ENV,
+    Circuit,
+    CircuitError,
+    Gate,
+    Param,
+    max_qubits_limit,
+)
 from qwthn_onnx.circuit.qiskit_bridge import to_qiskit
 
 __all__ = [
@@ -376,6 +384,12 @@ class _Reader:
                 f"{_line(node)}: declare exactly one qubit register of literal size, "
                 f"e.g. 'qubit[4] {QUBIT_REGISTER};'."
             )
+        limit = max_qubits_limit()
+        if not 1 <= node.size.value <= limit:  # before anything is sized by the register
+            raise QasmError(
+                f"{_line(node)}: qubit[{node.size.value}]: a circuit has 1..{limit} qubits "
+                f"(raise the limit with ${MAX_QUBITS_ENV} if you have the memory)."
+            )
         self.qubits, self.n_qubits = node.qubit.name, node.size.value
 
     def _bit_declaration(self, node: ast.ClassicalDeclaration) -> None:
@@ -541,6 +555,11 @@ def qasm3_to_circuit(
         program = openqasm3.parse(text)
     except QASM3ParsingError as err:
         raise QasmError(f"invalid OpenQASM 3 at {_syntax_error(err)}") from err
+    except AttributeError as err:  # openqasm3 cannot give a span to a program without tokens
+        raise QasmError(
+            "the program is empty (only whitespace or comments); write the program "
+            "circuit_to_qasm3 writes, starting with 'OPENQASM 3.0;'"
+        ) from err
     reader = _Reader()
     for statement in program.statements:
         reader.read(statement)

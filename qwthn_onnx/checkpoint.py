@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,19 @@ from torch import nn
 
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_path, tokenizer_from_files, tokenizer_to_files
-from qwthn_onnx.adapter import QWTHNConfig, QWTHNModel
+from qwthn_onnx.adapter import AdapterError, ConfigError, QWTHNConfig, QWTHNModel
+from qwthn_onnx.circuit import CircuitError
+from qwthn_onnx.mpo import MPOError
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "LoadedModel",
     "ModelFileError",
+    "base_config",
+    "build_tokenizer",
     "check_output_file",
+    "check_weights_fit",
     "load_model_pt",
     "model_from_payload",
     "read_model_pt",
@@ -192,20 +198,52 @@ def read_model_pt(path: str | Path) -> dict[str, Any]:
     adapter = _require(payload, "adapter", dict, str(path))
     _require(adapter, "config", dict, "adapter")
     _require(adapter, "state_dict", dict, "adapter")
+    _check_plain_parts(payload, str(path))
     return payload
 
 
+def _check_tensors(state: Any, where: str) -> None:
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelFileError(f"{where} must map names to tensors; the file is damaged")
+
+
+def _check_plain_parts(payload: dict[str, Any], path: str) -> None:
+    """The parts a model is built from have the types save_model_pt writes, so that building
+    fails with a ModelFileError naming the part rather than deep inside torch or transformers."""
+    base = payload["base_model"]
+    if base.get("state_dict") is not None:
+        _check_tensors(base["state_dict"], f"{path}: base_model.state_dict")
+    reference = base.get("reference")
+    if reference is not None and not (
+        isinstance(reference, dict)
+        and isinstance(reference.get("path"), str)
+        and isinstance(reference.get("files"), dict)
+    ):
+        raise ModelFileError(f"{path}: base_model.reference must be {{path: str, files: dict}}")
+    _check_tensors(payload["adapter"]["state_dict"], f"{path}: adapter.state_dict")
+    tokenizer = payload.get("tokenizer")
+    if tokenizer is not None:
+        files = tokenizer.get("files") if isinstance(tokenizer, dict) else None
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str)
+            and (isinstance(v, str) or (isinstance(v, torch.Tensor) and v.dtype == torch.uint8))
+            for k, v in files.items()
+        ):
+            raise ModelFileError(
+                f"{path}: tokenizer.files must map file names to text or uint8 tensors"
+            )
+    for key in ("training", "producer"):
+        if not isinstance(payload.get(key) or {}, dict):
+            raise ModelFileError(f"{path}: '{key}' must be a dict of metadata")
+
+
 def _build_base(base: dict[str, Any]) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, base["dtype"])  # read_model_pt checked that it names a torch dtype
-    try:
-        config_dict = json.loads(base["config_json"])
-        config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    except (json.JSONDecodeError, KeyError, ValueError) as e:
-        raise ModelFileError(
-            f"base_model.config_json is not a usable transformers config: {e}"
-        ) from e
+    config = base_config(base["config_json"], "model.pt")
     reference = base.get("reference")
     if reference is not None:
         ref = Path(reference["path"])
@@ -218,6 +256,8 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
             )
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
     else:
+        state = base["state_dict"]
+        check_weights_fit(config, {k: v.shape for k, v in state.items()}, dtype, "model.pt")
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         try:
             model.load_state_dict(base["state_dict"], strict=True)
@@ -230,13 +270,57 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _build_tokenizer(files: dict[str, Any]) -> Any:
+def base_config(config_json: str, where: str) -> Any:
+    """The transformers config stored as JSON in a model file; ModelFileError when unusable
+    (transformers' own validation raises ValueError, TypeError, even ZeroDivisionError)."""
+    from transformers import AutoConfig
+
     try:
-        return tokenizer_from_files(
-            {k: v if isinstance(v, str) else v.numpy().tobytes() for k, v in files.items()}
+        config_dict = json.loads(config_json)
+        if not isinstance(config_dict, dict):
+            raise ValueError("it is not a JSON object")
+        return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError) as e:
+        raise ModelFileError(f"{where}: the base model config is not usable: {e!r}") from e
+
+
+def check_weights_fit(
+    config: Any, shapes: Mapping[str, Sequence[int]], dtype: torch.dtype, where: str
+) -> None:
+    """Refuse stored weights (name -> shape) that do not fit ``config`` before the model is
+    allocated: a damaged or hostile config could otherwise ask for any memory and time."""
+    from transformers import AutoModelForCausalLM
+
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and not 0 <= layers <= len(shapes):
+        raise ModelFileError(
+            f"{where}: the base model config asks for {layers} layers but the file holds only "
+            f"{len(shapes)} base weights; the file is damaged"
         )
-    except ValueError as e:
-        raise ModelFileError(str(e)) from e
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype).state_dict()
+    except (ValueError, TypeError, ArithmeticError, RuntimeError, AttributeError) as e:
+        raise ModelFileError(f"{where}: the base model config does not build: {e!r}") from e
+    for key, shape in shapes.items():
+        if key in skeleton and tuple(shape) != tuple(skeleton[key].shape):
+            raise ModelFileError(
+                f"{where}: base weight {key} has shape {list(shape)}, the stored config builds "
+                f"{list(skeleton[key].shape)}; the file is damaged"
+            )
+
+
+def build_tokenizer(files: Mapping[str, str | bytes], where: str) -> Any:
+    """The tokenizer stored in a model file (``where`` names it); ModelFileError when its files
+    do not load. transformers and the Rust tokenizers raise any type on damaged files (a bare
+    ``Exception`` from tokenizers), so every error of the load is a refusal here."""
+    try:
+        return tokenizer_from_files(files)
+    except Exception as e:
+        raise ModelFileError(
+            f"{where}: the stored tokenizer files do not load ({type(e).__name__}: {e}); the "
+            f"file is damaged"
+        ) from e
 
 
 def load_model_pt(path: str | Path) -> LoadedModel:
@@ -247,12 +331,24 @@ def load_model_pt(path: str | Path) -> LoadedModel:
 def model_from_payload(payload: dict[str, Any]) -> LoadedModel:
     """Rebuild the model from a payload :func:`read_model_pt` returned (read the file once)."""
     base = _build_base(payload["base_model"])
-    model = QWTHNModel(base, QWTHNConfig.from_dict(payload["adapter"]["config"]))
-    model.load_adapter_state_dict(payload["adapter"]["state_dict"])
+    adapter = payload["adapter"]
+    try:
+        model = QWTHNModel(base, QWTHNConfig.from_dict(adapter["config"]))
+        model.load_adapter_state_dict(adapter["state_dict"])
+    except (AdapterError, ConfigError, CircuitError, MPOError) as e:
+        raise ModelFileError(
+            f"the adapter in model.pt does not fit its own config: {e}; the file is damaged or "
+            f"was edited, write it again with qwthn-train or save_model_pt"
+        ) from e
     tok = payload.get("tokenizer")
     return LoadedModel(
         model=model,
-        tokenizer=_build_tokenizer(tok["files"]) if tok else None,
+        tokenizer=build_tokenizer(
+            {k: v if isinstance(v, str) else v.numpy().tobytes() for k, v in tok["files"].items()},
+            "model.pt",
+        )
+        if tok
+        else None,
         training=payload.get("training") or {},
         producer=payload.get("producer") or {},
     )

@@ -91,8 +91,10 @@ def _ints(data: dict[str, Any], key: str, width: int) -> np.ndarray:
         raise CircuitError(f"encoded circuit: missing '{key}'")
     try:
         flat = np.asarray(data[key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise CircuitError(f"encoded circuit: '{key}' must be a list of ints ({e})") from e
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: beyond int64
+        raise CircuitError(
+            f"encoded circuit: '{key}' must be a list of ints in the int64 range ({e})"
+        ) from e
     if width < 1 or flat.size % width:
         raise CircuitError(
             f"encoded circuit: '{key}' has {flat.size} values, not a multiple of {width}"
@@ -130,7 +132,7 @@ def decode(data: dict[str, Any], max_qubits: int | None = None) -> Circuit:
     observables = _ints(data, "observables", n_qubits)
     try:
         constants = np.asarray(data.get("constants", []), dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: beyond float64
         raise CircuitError(f"encoded circuit: 'constants' must be a list of floats ({e})") from e
     gates, cursor = [], 0
     for g, (code, w0, w1) in enumerate(gate_rows.tolist()):

@@ -65,6 +65,9 @@ def _valid():
         ({"observables": [3, 4]}, "Pauli code 4"),
         ({"observables": [3, 0, 0]}, "not a multiple of 2"),
         ({"gates": "abc"}, "'gates' must be a list of ints"),
+        # found by the circuit_encoding fuzz target: ints and floats beyond int64 / float64
+        ({"params": [0, 10**59]}, "'params' must be a list of ints in the int64 range"),
+        ({"constants": [2**1100]}, "'constants' must be a list of floats"),
     ],
 )
 def test_malformed_encodings_raise_clear_errors(change, message):

@@ -395,3 +395,17 @@ def test_qasm2_keeps_the_measured_distribution(circuit, basis):
     expected = Statevector(to_qiskit(circuit, x, w)).probabilities()
     got = Statevector(lowered.remove_final_measurements(inplace=False)).probabilities()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+
+
+# Found by fuzzing (fuzz/python_targets.py "qasm"): an empty program crashed the openqasm3
+# parser with an AttributeError, and a huge register made reading quadratic (a hang).
+@pytest.mark.parametrize("text", ["", "   \n", "// nothing but a comment\n"])
+def test_empty_program_is_refused(text):
+    with pytest.raises(QasmError, match="the program is empty"):
+        qasm3_to_circuit(text)
+
+
+@pytest.mark.parametrize("size", [0, 30_000, 2**62])
+def test_register_size_is_checked_before_use(size):
+    with pytest.raises(QasmError, match=rf"qubit\[{size}\]: a circuit has 1\.\.20 qubits"):
+        qasm3_to_circuit(HEADER + f"qubit[{size}] q;\nbit[1] c;\nc = measure q;\n")

@@ -1,0 +1,101 @@
+"""The atheris targets: each runs, counts real executions and finds nothing on the seeds; the
+harness flags what is not a documented refusal; every crash it found stays fixed."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("atheris")
+
+from fuzz.python_targets import PYTHON_TARGETS, _target, replay, run
+
+REGRESSIONS = Path(__file__).parent / "regressions"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One work directory for all targets: the tiny model behind the seeds is built once."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+# The onnx_node target finds the open circuit_from_node bug (see the xfail below) in seconds.
+_OPEN_BUG = pytest.mark.xfail(
+    reason="circuit_from_node (qwthn_onnx/ops/schemas.py) lets numpy_helper's TypeError "
+    "through for a tensor attribute of undefined type"
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=_OPEN_BUG) if n == "onnx_node" else n for n in sorted(PYTHON_TARGETS)],
+)
+def test_smoke_run_finds_no_crash(workdir, name):
+    result = run(name, 5, workdir)
+    assert not result.crashed, result.log[-3000:]
+    assert result.crash_files == []
+    assert result.engine == "atheris" and result.target == name
+    # the model targets build a transformers model per input; the others parse thousands
+    assert result.executions >= (2 if name in ("model_pt", "onnx_import") else 100), result.log
+    assert any((workdir / name / "seeds").iterdir())
+
+
+def test_seeds_are_cached_between_runs(workdir):
+    run("qasm", 1, workdir)
+    seeds = {p: p.stat().st_mtime_ns for p in (workdir / "qasm" / "seeds").iterdir()}
+    run("qasm", 1, workdir)
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "qasm" / "seeds").iterdir()} == seeds
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import fuzz.python_targets as targets
+
+    def one_input(data):
+        if data.startswith(b"OPENQASM"):
+            raise {error}("the parser let this through")
+
+    targets._CHECKS["qasm"] = lambda: targets._Check(one_input, (ValueError,))
+    targets._main(sys.argv)
+    """
+)
+
+
+@pytest.mark.parametrize(("error", "crashes"), [("KeyError", True), ("ValueError", False)])
+def test_only_documented_refusals_pass(tmp_path, error, crashes):
+    """The child entry point lets the check's refusals pass and reports anything else as a
+    crash with a reproducer (the check is replaced in the child only)."""
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "seed").write_bytes(b"OPENQASM 3.0;")
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(error=error), "qasm", "-runs=50",
+         f"-artifact_prefix={tmp_path}/", str(tmp_path / "seeds")],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    reproducers = list(tmp_path.glob("crash-*"))
+    assert (child.returncode != 0) is crashes, child.stderr[-2000:]
+    assert bool(reproducers) is crashes
+    if crashes:
+        assert reproducers[0].read_bytes() == b"OPENQASM 3.0;"
+        assert "KeyError: 'the parser let this through'" in child.stdout + child.stderr
+
+
+def _regressions():
+    return sorted(
+        pytest.param(p.parent.name, p, id=f"{p.parent.name}/{p.name}")
+        for p in REGRESSIONS.glob("*/*")
+    )
+
+
+@pytest.mark.parametrize(("name", "path"), _regressions())
+def test_crash_reproducers_are_refused_clearly(name, path, request):
+    if name == "onnx_node":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_OPEN_BUG.kwargs["reason"]))
+    check = _target(name)()
+    with pytest.raises(check.refusals):
+        check.one_input(path.read_bytes())
+    replay(name, path.read_bytes())  # and the fuzzer's own wrapper lets it pass
