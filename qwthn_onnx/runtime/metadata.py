@@ -139,7 +139,7 @@ class ExportMetadata:
                 raise MetadataError(f"{where}: metadata entry '{key}' is missing")
             try:
                 values[name] = json.loads(props[key])
-            except json.JSONDecodeError as e:
+            except (ValueError, TypeError) as e:  # also bytes that are not UTF-8, or not text
                 raise MetadataError(f"{where}: metadata entry '{key}' is not JSON: {e}") from e
         expected = {
             "producer": dict,

@@ -137,3 +137,15 @@ def test_tokenizer_file_names_in_metadata_must_be_plain(name):
 
     with pytest.raises(MetadataError, match="is not a plain file name"):
         decode_files({name: {"text": "x"}})
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe not utf-8", 7, None])
+def test_metadata_values_that_are_not_text_are_refused(exported, value):
+    """onnxruntime's metadata map or a damaged protobuf can hand over bytes or other types."""
+    from qwthn_onnx.runtime.metadata import ExportMetadata
+
+    _, result, _ = exported("llama")
+    props = {p.key: p.value for p in onnx.load(str(result.directory / "model.onnx")).metadata_props}
+    props["qwthn.cache"] = value
+    with pytest.raises(MetadataError, match=r"'qwthn\.cache' is not JSON"):
+        ExportMetadata.from_props(props)
