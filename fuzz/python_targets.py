@@ -42,6 +42,7 @@ PYTHON_TARGETS: dict[str, str] = {
     "onnx_import": "model.onnx bytes -> exporters.onnx_import.import_onnx",
     "qasm": "OpenQASM 3 text -> exporters.qasm.qasm3_to_circuit",
     "infer_request": "OIP v2 infer request JSON + binary tensor data -> serving.protocol decoders",
+    "infer_feed": "the same -> ServedModel.prepare on a real export, onnxruntime, the answer",
     "generate_request": "generate request JSON -> GenerateRequest and its GenerationConfig",
 }
 
@@ -53,6 +54,7 @@ _INSTRUMENTED = ("qwthn_onnx", "exporters", "serving")
 _TIMEOUT_S = {"model_pt": 30, "onnx_import": 30}
 _RSS_LIMIT_MB = 3072
 _ARTIFACTS = "artifacts"
+_ARTIFACTS_ENV = "QWTHN_FUZZ_ARTIFACTS"  # tells a child where the tiny export is (infer_feed)
 _REPRODUCER = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+$")
 # The binary tensor data extension's framing in an infer_request input: a little-endian uint16
 # JSON length, the JSON, then the bytes after it (Inference-Header-Content-Length in HTTP).
@@ -219,6 +221,33 @@ def _infer_request() -> _Check:
     return _Check(one_input, (ValidationError, BadRequestError))
 
 
+def _infer_feed() -> _Check:
+    """The whole inference path behind the protocol decoders, against a real served model:
+    whatever ``ServedModel.prepare`` accepts must run in onnxruntime and encode as an answer
+    (a feed it lets through that onnxruntime refuses would be a 500)."""
+    from pydantic import ValidationError
+
+    from qwthn_onnx.runtime.session import QWTHNSession
+    from serving.errors import BadRequestError
+    from serving.model import ServedModel
+    from serving.protocol import InferenceRequest, attach_binary_data, encode_response
+
+    export = Path(os.environ[_ARTIFACTS_ENV]) / "onnx"
+    model = ServedModel("tiny", 1, export, QWTHNSession(export, threads=1))
+
+    def one_input(data: bytes) -> None:
+        header, payload = _split_infer_body(data)
+        request = InferenceRequest.model_validate_json(header)
+        attach_binary_data(request, payload)
+        feed = model.prepare(request.inputs)
+        outputs = model.select_outputs(request.outputs)
+        result = model.run(feed, outputs)
+        typed = {n: (model.outputs[n].datatype, result[n]) for n in outputs}
+        encode_response(model.name, "1", "fuzz", typed, outputs[:1])
+
+    return _Check(one_input, (ValidationError, BadRequestError))
+
+
 def _generate_request() -> _Check:
     from pydantic import ValidationError
 
@@ -246,6 +275,7 @@ _CHECKS: dict[str, Callable[[], _Check]] = {
     "onnx_import": _onnx_import,
     "qasm": _qasm,
     "infer_request": _infer_request,
+    "infer_feed": _infer_feed,
     "generate_request": _generate_request,
 }
 
@@ -347,6 +377,8 @@ def _qasm_seeds(artifacts: Path) -> dict[str, bytes]:
 
 
 def _infer_seeds() -> dict[str, bytes]:
+    from qwthn_onnx.runtime.signature import past_names
+
     ids = [[3, 17, 25, 4]]
     int64 = struct.pack("<4q", *ids[0])
     mask = bytes([1, 1, 1, 1])
@@ -372,6 +404,20 @@ def _infer_seeds() -> dict[str, bytes]:
                 ]
             },
             int64 + mask,
+        ),
+        "with-cache": (
+            {
+                "inputs": [
+                    _tensor("input_ids", [1, 1], "INT64", data=[5]),
+                    _tensor("attention_mask", [1, 3], "INT64", data=[1, 1, 1]),
+                    *(
+                        _tensor(name, [1, 1, 2, 8], "FP32", data=[0.25] * 16)
+                        for name in past_names(0)
+                    ),
+                ],
+                "outputs": [{"name": "logits"}, {"name": "present.0.key"}],
+            },
+            b"",
         ),
         "floats": (
             {
@@ -427,7 +473,7 @@ def seed_corpus(name: str, directory: Path, artifacts: Path | None = None) -> No
     _target(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if name == "infer_request":
+    if name in ("infer_request", "infer_feed"):
         seeds = _infer_seeds()
     elif name == "generate_request":
         seeds = _generate_seeds()
@@ -484,6 +530,8 @@ def run(name: str, seconds: float, workdir: Path) -> FuzzResult:
     before = set(_reproducers(target_dir))
     command = [sys.executable, "-m", "fuzz.python_targets", name]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if name == "infer_feed":
+        env[_ARTIFACTS_ENV] = str(tiny_artifacts(workdir / _ARTIFACTS))
     start = time.monotonic()
     child = subprocess.run(
         [*command, *_libfuzzer_flags(name, seconds, target_dir)],

@@ -334,6 +334,7 @@ def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
         array = np.frombuffer(tensor._binary, target.newbyteorder("<")).astype(target)
         if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
             raise BadRequestError(f"input '{name}' (BOOL): binary data holds bytes other than 0/1")
+        _check_finite(name, datatype, array)
         return array.reshape(tensor.shape)
     if tensor.data is None:
         raise BadRequestError(
@@ -351,13 +352,26 @@ def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
         )
     if array.size:
         _check_kind(name, datatype, array)
-    converted = array.astype(target)
+    with np.errstate(over="ignore"):  # a number beyond the float type becomes inf: refused below
+        converted = array.astype(target)
+    _check_finite(name, datatype, converted)
     if target.kind in "iu" and not np.array_equal(converted, array):
         info = np.iinfo(target)
         raise BadRequestError(
             f"input '{name}': values out of the range of {datatype} [{info.min}, {info.max}]"
         )
     return converted.reshape(tensor.shape)
+
+
+def _check_finite(name: str, datatype: str, array: np.ndarray) -> None:
+    """Floating inputs must be finite: a NaN, an infinity or a number beyond the type's range
+    would flow into outputs that JSON cannot carry (a 500), or into silently wrong answers."""
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        largest = float(np.finfo(array.dtype).max)
+        raise BadRequestError(
+            f"input '{name}' ({datatype}): values must be finite numbers within ±{largest:.4g}; "
+            "the data holds NaN, infinity or a number too large for the type"
+        )
 
 
 def _check_kind(name: str, datatype: str, array: np.ndarray) -> None:

@@ -54,6 +54,9 @@ def test_numbers_convert_to_the_model_datatype():
         (_input([2**63], [1]), "INT64", "out of the range of INT64"),
         (_input(["x"], [1], "BYTES"), "BYTES", "BYTES is not supported"),
         (_input(None, [1]), "INT64", "has no data: give 'data', or 'binary_data_size'"),
+        # found by fuzzing: it became inf in FP32, and the model's outputs NaN (a 500)
+        (_input([1, 8.9e44], [2], "FP32"), "FP32", r"finite numbers within ±3\.403e\+38"),
+        (_input([70000.0], [1], "FP16"), "FP16", r"finite numbers within ±6\.55e\+04"),
     ],
 )
 def test_bad_tensors_name_the_problem(tensor, datatype, fragment):
@@ -120,6 +123,15 @@ def test_binary_inputs_take_their_bytes_in_order():
     np.testing.assert_array_equal(decode_tensor(first, "INT64"), a)
     np.testing.assert_array_equal(decode_tensor(middle, "INT32"), [7])
     np.testing.assert_array_equal(decode_tensor(last, "FP32"), b)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_binary_floats_must_be_finite(value):
+    data = np.array([1.0, value], np.float32)
+    request = _binary_request([_input(None, [2], "FP32", parameters={"binary_data_size": 8})])
+    attach_binary_data(request, data.tobytes())
+    with pytest.raises(BadRequestError, match="holds NaN, infinity or a number too large"):
+        decode_tensor(request.inputs[0], "FP32")
 
 
 @pytest.mark.parametrize(
