@@ -8,10 +8,18 @@ Errors raised by the C++ side surface as :class:`~qwthn_onnx.circuit.CircuitErro
 :class:`~qwthn_onnx.mpo.MPOError` carrying the C++ message. :func:`available` says whether the
 extension could be imported (a pure-Python install, e.g. from an sdist built without a
 compiler, has no kernel).
+
+``$QWTHN_NATIVE_MODULE`` names another build of the extension file to load instead (a debug
+or sanitizer build, as tests/kernels/test_sanitizers.py does, like ``$QWTHN_OPS_LIBRARY`` for
+the op library); it is registered as ``qwthn_onnx._native``, so every importer gets that build.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -24,6 +32,7 @@ from .mpo import MPOError
 __all__ = [
     "available",
     "isa",
+    "module_path",
     "mpo_backward",
     "mpo_forward",
     "quantum_backward",
@@ -31,10 +40,31 @@ __all__ = [
     "set_isa",
 ]
 
+_ENV = "QWTHN_NATIVE_MODULE"
+
+
+def _load_override(path: str) -> ModuleType:
+    """Load the extension file ``path`` as ``qwthn_onnx._native``."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ImportError(f"${_ENV}={path} is not a file; unset it or point it at a built _native")
+    name = f"{__package__}._native"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"${_ENV}={path} is not a Python extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
 _module: ModuleType | None = None
 _import_error: ImportError | None = None
 try:
-    from . import _native as _module  # type: ignore[attr-defined, no-redef]
+    if os.environ.get(_ENV):
+        _module = _load_override(os.environ[_ENV])
+    else:
+        from . import _native as _module  # type: ignore[attr-defined, no-redef]
 except ImportError as e:  # pragma: no cover - depends on the build
     _import_error = e
 
@@ -42,6 +72,11 @@ except ImportError as e:  # pragma: no cover - depends on the build
 def available() -> bool:
     """True when the compiled kernel ``qwthn_onnx._native`` can be used."""
     return _module is not None
+
+
+def module_path() -> Path | None:
+    """The loaded extension file (the op library is looked for beside it), or None."""
+    return Path(_module.__file__).resolve() if _module is not None else None
 
 
 def _native() -> Any:

@@ -720,7 +720,9 @@ void run_tile(const Plan<T, W>& plan, const T* inputs, int64_t batch, int64_t b0
       T* __restrict i0 = im + x * W;
       T* __restrict r1 = re + (x + size) * W;
       T* __restrict i1 = im + (x + size) * W;
+#if defined(__GNUC__) && !defined(__clang__)
       #pragma GCC ivdep
+#endif
       for (int s = 0; s < W; ++s) {
         const T ar = r0[s], ai = i0[s];
         r1[s] = ar * vq[2 * W + s] - ai * vq[3 * W + s];

@@ -4,12 +4,12 @@
 // process-wide Ort::Global must not cross into the runtime) and no link to libonnxruntime (the
 // API table comes from RegisterCustomOps). Every kernel entry point catches everything and turns
 // it into an OrtStatus; kernels validate attributes when created and shapes, types and values
-// when run. Kernels hold only immutable state, so concurrent Run calls are safe.
+// when run (the checks themselves are in op_checks.h, apart from the API, so they can be
+// fuzzed). Kernels hold only immutable state, so concurrent Run calls are safe.
 #include <onnxruntime_c_api.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -24,6 +24,7 @@
 #include "kernel.h"
 #include "messages.h"
 #include "mpo.h"
+#include "op_checks.h"
 
 #if defined(_WIN32)
 #define QWTHN_ORT_EXPORT __declspec(dllexport)
@@ -73,6 +74,8 @@ OrtStatus* guarded(const OrtApi* api, const std::string& where, F&& f) noexcept 
   } catch (const qwthn::CircuitError& e) {
     return api->CreateStatus(ORT_INVALID_ARGUMENT, (where + ": " + e.what()).c_str());
   } catch (const qwthn::MPOError& e) {
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, (where + ": " + e.what()).c_str());
+  } catch (const qwthn::OpError& e) {
     return api->CreateStatus(ORT_INVALID_ARGUMENT, (where + ": " + e.what()).c_str());
   } catch (const OrtError& e) {
     return api->CreateStatus(e.code(), (where + ": " + e.what()).c_str());
@@ -171,7 +174,6 @@ std::vector<double> constants_attr(const OrtApi* api, const OrtKernelInfo* info)
 struct Tensor {
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   std::vector<int64_t> dims;
-  int64_t count = 0;
   const void* data = nullptr;
 };
 
@@ -192,11 +194,7 @@ Tensor input(const OrtApi* api, OrtKernelContext* ctx, size_t index, const char*
   check(api, api->GetDimensionsCount(info, &rank));
   t.dims.resize(rank);
   if (rank > 0) check(api, api->GetDimensions(info, t.dims.data(), rank));
-  t.count = 1;
-  for (int64_t d : t.dims) {
-    if (d < 0) invalid(std::string("input '") + name + "' has a negative dimension");
-    t.count *= d;
-  }
+  qwthn::element_count(t.dims, name);  // no negative dims, no count overflowing int64
   void* data = nullptr;
   check(api, api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
   t.data = data;
@@ -225,38 +223,6 @@ qwthn::Parallel ort_parallel(const OrtApi* api, OrtKernelContext* ctx) {
                                               const_cast<std::function<void(int)>*>(&worker)));
   };
   return par;
-}
-
-// Leading dims of x collapsed into one batch; x must have rank >= 1 and at least one row.
-int64_t batch_of(const Tensor& x, const char* last_dim_name, int64_t last_dim) {
-  if (x.dims.empty() || x.dims.back() != last_dim) {
-    invalid("input 'x' must have shape [..., " + std::string(last_dim_name) + "=" +
-            std::to_string(last_dim) + "], got " + qwthn::dims_str(x.dims));
-  }
-  if (x.count == 0) {
-    invalid("input 'x' is empty (shape " + qwthn::dims_str(x.dims) + "); pass at least one row");
-  }
-  return x.count / last_dim;
-}
-
-std::vector<int64_t> output_dims(const Tensor& x, int64_t last) {
-  std::vector<int64_t> dims(x.dims.begin(), x.dims.end() - 1);
-  dims.push_back(last);
-  return dims;
-}
-
-int64_t max_qubits_from_env() {
-  const char* text = std::getenv("QWTHN_MAX_QUBITS");
-  if (!text || !*text) return 0;
-  char* end = nullptr;
-  errno = 0;
-  const long long value = std::strtoll(text, &end, 10);
-  if (errno != 0 || *end != '\0' || value < 1) {
-    invalid(std::string("QWTHN_MAX_QUBITS='") + text +
-            "' is not a positive integer; set it to the largest qubit count you want to allow, "
-            "e.g. 24");
-  }
-  return value;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,51 +263,27 @@ struct QuantumLayerKernel {
       : label(node_label(api, info, "QuantumLayer")) {}
 
   void init(const OrtApi* api, const OrtKernelInfo* info) {
-    const int64_t version = int_attr(api, info, "encoding_version");
-    if (version != 1) {
-      invalid("attribute 'encoding_version' is " + std::to_string(version) +
-              "; this library reads version 1 (upgrade qwthn-onnx to read newer models)");
+    qwthn::QuantumLayerAttributes a;
+    a.encoding_version = int_attr(api, info, "encoding_version");
+    if (a.encoding_version == 1) {  // another version's attributes may mean something else
+      a.n_qubits = int_attr(api, info, "n_qubits");
+      a.n_inputs = int_attr(api, info, "n_inputs");
+      a.n_weights = int_attr(api, info, "n_weights");
+      a.gates = ints_attr(api, info, "gates", false);
+      a.params = ints_attr(api, info, "params", false);
+      a.observables = ints_attr(api, info, "observables");
+      a.constants = constants_attr(api, info);
     }
-    const int64_t n_qubits = int_attr(api, info, "n_qubits");
-    const int64_t n_inputs = int_attr(api, info, "n_inputs");
-    const int64_t n_weights = int_attr(api, info, "n_weights");
-    const std::vector<int64_t> gates = ints_attr(api, info, "gates", false);
-    const std::vector<int64_t> params = ints_attr(api, info, "params", false);
-    const std::vector<int64_t> observables = ints_attr(api, info, "observables");
-    const std::vector<double> constants = constants_attr(api, info);
-    if (gates.size() % 3 != 0) {
-      invalid("attribute 'gates' has " + std::to_string(gates.size()) +
-              " values; it holds (opcode, wire0, wire1) triples");
-    }
-    if (params.size() % 2 != 0) {
-      invalid("attribute 'params' has " + std::to_string(params.size()) +
-              " values; it holds (kind, index) pairs");
-    }
-    // An out-of-range n_qubits is reported by decode_circuit, which checks it first.
-    const int64_t max_qubits = max_qubits_from_env();
-    const int64_t limit = max_qubits > 0 ? max_qubits : qwthn::kDefaultMaxQubits;
-    const bool sane = n_qubits >= 1 && n_qubits <= std::min<int64_t>(limit, qwthn::kHardMaxQubits);
-    if (sane && observables.size() % static_cast<uint64_t>(n_qubits) != 0) {
-      invalid("attribute 'observables' has " + std::to_string(observables.size()) +
-              " values, not a multiple of n_qubits=" + std::to_string(n_qubits));
-    }
-    const int64_t width = n_qubits;
-    const auto n_obs = sane ? static_cast<int64_t>(observables.size()) / n_qubits : 0;
-    circuit = qwthn::decode_circuit(
-        n_qubits, n_inputs, n_weights, gates.data(), static_cast<int64_t>(gates.size() / 3),
-        params.data(), static_cast<int64_t>(params.size() / 2), constants.data(),
-        static_cast<int64_t>(constants.size()), observables.data(), n_obs, width, max_qubits);
+    const int64_t max_qubits = qwthn::parse_max_qubits(std::getenv("QWTHN_MAX_QUBITS"));
+    circuit = qwthn::decode_quantum_layer(a, max_qubits);
   }
 
   template <typename T>
   void run(const OrtApi* api, OrtKernelContext* ctx, const Tensor& x, const Tensor& w) {
-    const int64_t batch = batch_of(x, "n_inputs", circuit.n_inputs);
-    if (w.dims.size() != 1 || w.dims[0] != circuit.n_weights) {
-      invalid("input 'weights' must have shape [n_weights=" + std::to_string(circuit.n_weights) +
-              "], got " + qwthn::dims_str(w.dims));
-    }
-    T* y = static_cast<T*>(
-        output(api, ctx, output_dims(x, static_cast<int64_t>(circuit.observables.size()))));
+    const int64_t batch = qwthn::batch_of(x.dims, "n_inputs", circuit.n_inputs);
+    qwthn::check_weights_shape(w.dims, circuit.n_weights);
+    T* y = static_cast<T*>(output(
+        api, ctx, qwthn::output_dims(x.dims, static_cast<int64_t>(circuit.observables.size()))));
     prepared_for(static_cast<const T*>(w.data))
         ->forward(static_cast<const T*>(x.data), batch, circuit.n_inputs, y,
                   ort_parallel(api, ctx));
@@ -370,12 +312,7 @@ struct MPOLinearKernel {
   void init(const OrtApi* api, const OrtKernelInfo* info) {
     in_modes = ints_attr(api, info, "in_modes");
     out_modes = ints_attr(api, info, "out_modes");
-    // Modes are checked now, with placeholder bond-1 cores; the real cores when run.
-    std::vector<std::vector<int64_t>> shapes;
-    for (size_t k = 0; k < in_modes.size() && k < out_modes.size(); ++k) {
-      shapes.push_back({1, in_modes[k], out_modes[k], 1});
-    }
-    qwthn::mpo_shape(in_modes, out_modes, shapes);
+    qwthn::check_mpo_modes(in_modes, out_modes);  // the real cores are checked when run
   }
 
   template <typename T>
@@ -388,8 +325,8 @@ struct MPOLinearKernel {
       pointers.push_back(static_cast<const T*>(core.data));
     }
     const qwthn::MPOShape s = qwthn::mpo_shape(in_modes, out_modes, shapes);
-    const int64_t batch = batch_of(x, "prod(in_modes)", s.in_features);
-    T* y = static_cast<T*>(output(api, ctx, output_dims(x, s.out_features)));
+    const int64_t batch = qwthn::batch_of(x.dims, "prod(in_modes)", s.in_features);
+    T* y = static_cast<T*>(output(api, ctx, qwthn::output_dims(x.dims, s.out_features)));
     qwthn::mpo_forward<T>(s, static_cast<const T*>(x.data), batch, pointers.data(), y,
                           ort_parallel(api, ctx));
   }
@@ -397,10 +334,7 @@ struct MPOLinearKernel {
   void compute(const OrtApi* api, OrtKernelContext* ctx) {
     size_t n_inputs = 0;
     check(api, api->KernelContext_GetInputCount(ctx, &n_inputs));
-    if (n_inputs != in_modes.size() + 1) {
-      invalid("got " + std::to_string(n_inputs > 0 ? n_inputs - 1 : 0) + " cores; in_modes has " +
-              std::to_string(in_modes.size()) + " entries, one per core");
-    }
+    qwthn::check_mpo_input_count(n_inputs, in_modes.size());
     const Tensor x = input(api, ctx, 0, "x");
     std::vector<Tensor> cores;
     for (size_t k = 1; k < n_inputs; ++k) {

@@ -1,9 +1,11 @@
 """OpSchemas of the ``ai.qwthn`` domain, registered with onnx from Python.
 
 Registering them lets ``onnx.checker`` validate our nodes (required attributes, input counts,
-types) instead of rejecting an unknown op. Python-registered schemas carry no type-and-shape
-inference function; shapes are inferred through the fallback function bodies attached to a
-model, which is also what lets plain onnxruntime run it.
+types) instead of rejecting an unknown op. Their type-and-shape inference functions decode and
+validate the attributes as the C++ kernels do (a hostile or corrupted node fails
+``onnx.checker.check_model(full_check=True)`` / ``onnx.shape_inference.infer_shapes`` with the
+kernel's message instead of passing) and give ``y`` its shape. onnxruntime does not call them:
+without the kernel library it runs the fallback function bodies attached to a model.
 
 Ops (version 1):
 - ``QuantumLayer(x[..., n_inputs], weights[n_weights]) -> y[..., n_observables]``; the circuit
@@ -23,6 +25,7 @@ from onnx.defs import OpSchema
 
 from qwthn_onnx.circuit import Circuit, CircuitError
 from qwthn_onnx.circuit.encoding import decode, encode
+from qwthn_onnx.mpo import MPOError
 
 __all__ = [
     "DOMAIN",
@@ -40,9 +43,124 @@ _FLOATS = ["tensor(float)", "tensor(double)"]
 _INT, _INTS, _TENSOR = OpSchema.AttrType.INT, OpSchema.AttrType.INTS, OpSchema.AttrType.TENSOR
 
 
+# The C++ kernel's limit on prod(in_modes) and prod(out_modes) (custom_ops/src/mpo.h).
+_MAX_MPO_FEATURES = 2**31
+_MAX_MPO_CORES = 16
+
+
+def _attribute_values(attributes: dict[str, onnx.AttributeProto | None]) -> dict[str, Any]:
+    values = {}
+    for name, attribute in attributes.items():
+        if attribute is not None:
+            value = helper.get_attribute_value(attribute)
+            is_tensor = isinstance(value, onnx.TensorProto)
+            values[name] = numpy_helper.to_array(value) if is_tensor else value
+    return values
+
+
+def _dims(value_type: onnx.TypeProto | None) -> list[onnx.TensorShapeProto.Dimension] | None:
+    """The tensor's dims when its rank is known."""
+    if value_type is None or not value_type.tensor_type.HasField("shape"):
+        return None
+    return list(value_type.tensor_type.shape.dim)
+
+
+def _known(dim: onnx.TensorShapeProto.Dimension) -> int | None:
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
+def _set_output(ctx: Any, x_type: onnx.TypeProto | None, last: int) -> None:
+    """y: x's element type, x's leading dims followed by ``last``."""
+    if x_type is None or not x_type.HasField("tensor_type"):
+        return
+    y = onnx.TypeProto()
+    y.tensor_type.elem_type = x_type.tensor_type.elem_type
+    dims = _dims(x_type)
+    if dims:
+        y.tensor_type.shape.dim.extend(dims[:-1])
+        y.tensor_type.shape.dim.add().dim_value = last
+    ctx.set_output_type(0, y)
+
+
+def _check_last_dim(kind: type[ValueError], op: str, x_type: Any, name: str, size: int) -> None:
+    dims = _dims(x_type)
+    if dims is not None and (not dims or _known(dims[-1]) not in (None, size)):
+        shape = [_known(d) for d in dims]
+        raise kind(f"{op}: input 'x' must have shape [..., {name}={size}], got {shape}")
+
+
+def _infer_quantum_layer(ctx: Any) -> None:
+    names = ["encoding_version", "n_qubits", "n_inputs", "n_weights", "gates", "params"]
+    names += ["constants", "observables"]
+    attributes = {name: ctx.get_attribute(name) for name in names}
+    constants = attributes["constants"]
+    if constants is not None and (
+        constants.t.data_type != onnx.TensorProto.DOUBLE or len(constants.t.dims) != 1
+    ):  # what the kernel reads (decode would convert anything)
+        raise CircuitError("QuantumLayer: attribute 'constants' must be a rank-1 float64 tensor")
+    data = _attribute_values(attributes)
+    for name in ("gates", "params"):
+        data.setdefault(name, [])
+    try:
+        circuit = decode(data)
+    except CircuitError as e:
+        raise CircuitError(f"QuantumLayer: {e}") from None
+    x_type = ctx.get_input_type(0)
+    _check_last_dim(CircuitError, "QuantumLayer", x_type, "n_inputs", circuit.n_inputs)
+    weights = _dims(ctx.get_input_type(1))
+    if weights is not None and (
+        len(weights) != 1 or _known(weights[0]) not in (None, circuit.n_weights)
+    ):
+        raise CircuitError(
+            f"QuantumLayer: input 'weights' must have shape [n_weights={circuit.n_weights}], "
+            f"got {[_known(d) for d in weights]}"
+        )
+    _set_output(ctx, x_type, len(circuit.observables))
+
+
+def _infer_mpo_linear(ctx: Any) -> None:
+    data = _attribute_values({n: ctx.get_attribute(n) for n in ("in_modes", "out_modes")})
+    in_modes, out_modes = list(data.get("in_modes", [])), list(data.get("out_modes", []))
+    if not 1 <= len(in_modes) <= _MAX_MPO_CORES or len(out_modes) != len(in_modes):
+        raise MPOError(
+            f"MPOLinear: in_modes has {len(in_modes)} entries and out_modes {len(out_modes)}; "
+            f"give one (in, out) mode pair per core, 1..{_MAX_MPO_CORES} cores"
+        )
+    for name, modes in (("in_modes", in_modes), ("out_modes", out_modes)):
+        if any(m < 1 for m in modes):
+            raise MPOError(f"MPOLinear: {name} is {modes}; modes must be positive")
+        if int(np.prod(modes, dtype=object)) > _MAX_MPO_FEATURES:
+            raise MPOError(f"MPOLinear: prod({name}) exceeds {_MAX_MPO_FEATURES}")
+    n_cores = ctx.get_num_inputs() - 1
+    if n_cores != len(in_modes):
+        raise MPOError(
+            f"MPOLinear: got {n_cores} cores; in_modes has {len(in_modes)} entries, one per core"
+        )
+    bond = 1
+    for k in range(n_cores):
+        dims = _dims(ctx.get_input_type(k + 1))
+        if dims is None:
+            bond = None
+            continue
+        shape = [_known(d) for d in dims]
+        expected = [bond, in_modes[k], out_modes[k], 1 if k == n_cores - 1 else None]
+        if len(shape) != 4 or any(
+            e is not None and d is not None and d != e for d, e in zip(shape, expected, strict=True)
+        ):
+            raise MPOError(
+                f"MPOLinear: core {k} has shape {shape}; it must be [bond_in, {in_modes[k]}, "
+                f"{out_modes[k]}, bond_out] with bond_in = the previous core's bond_out "
+                "(1 for the first) and bond_out = 1 for the last"
+            )
+        bond = shape[3]
+    x_type = ctx.get_input_type(0)
+    _check_last_dim(MPOError, "MPOLinear", x_type, "prod(in_modes)", int(np.prod(in_modes)))
+    _set_output(ctx, x_type, int(np.prod(out_modes)))
+
+
 def _quantum_layer_schema() -> OpSchema:
     attr = OpSchema.Attribute
-    return OpSchema(
+    schema = OpSchema(
         "QuantumLayer",
         DOMAIN,
         OPSET_VERSION,
@@ -65,10 +183,12 @@ def _quantum_layer_schema() -> OpSchema:
             attr("observables", _INTS, "n_obs x n_qubits Pauli codes (0 I, 1 X, 2 Y, 3 Z)"),
         ],
     )
+    schema.set_type_and_shape_inference_function(_infer_quantum_layer)
+    return schema
 
 
 def _mpo_linear_schema() -> OpSchema:
-    return OpSchema(
+    schema = OpSchema(
         "MPOLinear",
         DOMAIN,
         OPSET_VERSION,
@@ -89,6 +209,8 @@ def _mpo_linear_schema() -> OpSchema:
             OpSchema.Attribute("out_modes", _INTS, "factorisation of the output dim"),
         ],
     )
+    schema.set_type_and_shape_inference_function(_infer_mpo_linear)
+    return schema
 
 
 def schemas() -> list[OpSchema]:

@@ -33,13 +33,12 @@ def _library_name() -> str:
 def _candidates() -> list[Path]:
     """The extension's directory first (an editable install keeps built files apart from the
     sources), then the package directory."""
-    dirs = []
-    try:
-        from qwthn_onnx import _native  # type: ignore[attr-defined]
+    from qwthn_onnx import native  # honours $QWTHN_NATIVE_MODULE
 
-        dirs.append(Path(_native.__file__).parent)
-    except ImportError:
-        pass
+    dirs = []
+    extension = native.module_path()
+    if extension is not None:
+        dirs.append(extension.parent)
     dirs.append(Path(__file__).resolve().parent.parent)
     return [d / _library_name() for d in dict.fromkeys(dirs)]
 

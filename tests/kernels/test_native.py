@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -329,3 +330,25 @@ def test_module_loads_in_fresh_subprocess():
     name, isa, total = out.stdout.split()
     assert name == "qwthn_onnx._native" and isa in ISAS
     assert float(total) == pytest.approx(2.0)  # |00>: <Z0> + <Z1> = 2
+
+
+def _with_native_module(path: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QWTHN_NATIVE_MODULE": path}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_native_module_override_loads_that_build_or_says_what_is_wrong(tmp_path):
+    """$QWTHN_NATIVE_MODULE (sanitizer builds use it) is the extension every importer gets."""
+    out = _with_native_module(
+        str(native.module_path()),
+        "import qwthn_onnx._native as m; from qwthn_onnx import native;"
+        "print(native.available(), m.__file__ == str(native.module_path()))",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+    missing = str(tmp_path / "nope.so")
+    out = _with_native_module(
+        missing, "from qwthn_onnx import native; print(native.available()); native.isa()"
+    )
+    assert out.stdout.split() == ["False"]
+    assert f"$QWTHN_NATIVE_MODULE={missing} is not a file" in out.stderr
