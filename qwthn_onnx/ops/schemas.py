@@ -271,10 +271,16 @@ def circuit_from_node(node: onnx.NodeProto, max_qubits: int | None = None) -> Ci
         )
     data: dict[str, Any] = {}
     for attribute in node.attribute:
-        value = helper.get_attribute_value(attribute)
-        data[attribute.name] = (
-            numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
-        )
+        try:  # onnx raises TypeError/ValueError on attributes of undefined or mismatched types
+            value = helper.get_attribute_value(attribute)
+            if isinstance(value, onnx.TensorProto):
+                value = numpy_helper.to_array(value)
+        except (TypeError, ValueError) as e:
+            raise CircuitError(
+                f"QuantumLayer node {node.name!r}: attribute {attribute.name!r} does not decode "
+                f"({e}); the model file is damaged"
+            ) from e
+        data[attribute.name] = value
     try:
         return decode(data, max_qubits=max_qubits)
     except CircuitError as e:

@@ -29,17 +29,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
-# The onnx_node target finds the open circuit_from_node bug (see the xfail below) in seconds.
-_OPEN_BUG = pytest.mark.xfail(
-    reason="circuit_from_node (qwthn_onnx/ops/schemas.py) lets numpy_helper's TypeError "
-    "through for a tensor attribute of undefined type"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=_OPEN_BUG) if n == "onnx_node" else n for n in sorted(PYTHON_TARGETS)],
-)
+@pytest.mark.parametrize("name", sorted(PYTHON_TARGETS))
 def test_smoke_run_finds_no_crash(workdir, name):
     result = run(name, 5, workdir)
     assert not result.crashed, result.log[-3000:]
@@ -99,9 +89,7 @@ def _regressions():
 
 
 @pytest.mark.parametrize(("name", "path"), _regressions())
-def test_crash_reproducers_are_refused_clearly(name, path, request, workdir, monkeypatch):
-    if name == "onnx_node":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_OPEN_BUG.kwargs["reason"]))
+def test_crash_reproducers_are_refused_clearly(name, path, workdir, monkeypatch):
     if name == "infer_feed":  # runs against the tiny export, as run() tells its child
         monkeypatch.setenv(_ARTIFACTS_ENV, str(tiny_artifacts(workdir / "artifacts")))
     check = _target(name)()
