@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 
 from qwthn_onnx import __version__
+from qwthn_onnx.circuit import CircuitError
+from qwthn_onnx.ops.fallback import FallbackMismatchError
 from qwthn_onnx.runtime.generation import GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError
 from qwthn_onnx.runtime.metadata import MetadataError
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         seconds = time.perf_counter() - start
     except (
+        CircuitError,
         ExportIntegrityError,
+        FallbackMismatchError,
         FileNotFoundError,
         GenerationError,
         LibraryNotFoundError,

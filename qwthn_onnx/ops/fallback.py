@@ -19,7 +19,12 @@ from qwthn_onnx.circuit.encoding import encode
 from qwthn_onnx.ops.quantum_fallback import quantum_layer_function
 from qwthn_onnx.ops.schemas import DOMAIN, OPSET_VERSION, circuit_from_node
 
-__all__ = ["attach_fallbacks", "mpo_linear_function"]
+__all__ = [
+    "FallbackMismatchError",
+    "attach_fallbacks",
+    "check_fallbacks",
+    "mpo_linear_function",
+]
 
 # Function overloads (one body per distinct circuit / core count) need IR version 10.
 _MIN_IR_VERSION = 10
@@ -87,15 +92,17 @@ def _default_opset(model: onnx.ModelProto) -> int:
     raise ValueError("the model imports no default-domain opset; cannot build fallback bodies")
 
 
-def attach_fallbacks(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every ``ai.qwthn`` node of ``model``'s graph a fallback body, in place.
+class FallbackMismatchError(ValueError):
+    """A model whose fallback bodies are not the ones its ``ai.qwthn`` nodes' attributes give."""
 
-    Each distinct circuit (and each MPO core count) gets its own function overload, named after
-    a hash of its encoding, so different circuits in one model coexist. The functions use the
-    model's own default opset. Existing fallbacks are replaced, so calling this twice is safe.
-    Every QuantumLayer node's attributes are decoded and validated on the way.
-    """
+
+def _fallbacks(
+    model: onnx.ModelProto,
+) -> tuple[list[tuple[onnx.NodeProto, str]], dict[tuple[str, str], onnx.FunctionProto]]:
+    """What :func:`attach_fallbacks` gives ``model``: each ai.qwthn node with its overload, and
+    the function per (op, overload). QuantumLayer attributes are decoded and validated."""
     opset = _default_opset(model)
+    overloads: list[tuple[onnx.NodeProto, str]] = []
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
     for node in model.graph.node:
         if node.domain != DOMAIN:
@@ -105,19 +112,32 @@ def attach_fallbacks(model: onnx.ModelProto) -> onnx.ModelProto:
             digest = hashlib.sha256(
                 json.dumps(encode(circuit).as_dict(), sort_keys=True).encode()
             ).hexdigest()[:16]
-            node.overload = f"circuit_{digest}"
-            if (node.op_type, node.overload) not in functions:
-                functions[node.op_type, node.overload] = quantum_layer_function(circuit, opset)
+            overload = f"circuit_{digest}"
+            if (node.op_type, overload) not in functions:
+                functions[node.op_type, overload] = quantum_layer_function(circuit, opset)
         elif node.op_type == "MPOLinear":
-            node.overload = f"cores_{len(node.input) - 1}"
-            if (node.op_type, node.overload) not in functions:
-                functions[node.op_type, node.overload] = mpo_linear_function(
-                    len(node.input) - 1, opset
-                )
+            overload = f"cores_{len(node.input) - 1}"
+            if (node.op_type, overload) not in functions:
+                functions[node.op_type, overload] = mpo_linear_function(len(node.input) - 1, opset)
         else:
             raise ValueError(f"node {node.name!r}: unknown op {DOMAIN}::{node.op_type}")
+        overloads.append((node, overload))
     for (_, overload), function in functions.items():
         function.overload = overload
+    return overloads, functions
+
+
+def attach_fallbacks(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every ``ai.qwthn`` node of ``model``'s graph a fallback body, in place.
+
+    Each distinct circuit (and each MPO core count) gets its own function overload, named after
+    a hash of its encoding, so different circuits in one model coexist. The functions use the
+    model's own default opset. Existing fallbacks are replaced, so calling this twice is safe.
+    Every QuantumLayer node's attributes are decoded and validated on the way.
+    """
+    overloads, functions = _fallbacks(model)
+    for node, overload in overloads:
+        node.overload = overload
     replaced = {(DOMAIN, name, overload) for name, overload in functions}
     kept = [f for f in model.functions if (f.domain, f.name, f.overload) not in replaced]
     del model.functions[:]
@@ -126,3 +146,25 @@ def attach_fallbacks(model: onnx.ModelProto) -> onnx.ModelProto:
         model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
     model.ir_version = max(model.ir_version, _MIN_IR_VERSION)
     return model
+
+
+def check_fallbacks(model: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse a model whose fallback bodies differ from those its nodes' attributes give.
+
+    A runtime without our kernels picks a node's body by its overload name and never reads the
+    attributes: a node edited after export (another circuit, other observables) would run its
+    old body and answer for a circuit it no longer holds. The kernels read the attributes, so
+    only fallback runs need this.
+    """
+    overloads, functions = _fallbacks(model)
+    present = {(f.domain, f.name, f.overload): f for f in model.functions}
+    for node, overload in overloads:
+        expected = functions[node.op_type, overload]
+        found = present.get((DOMAIN, node.op_type, node.overload))
+        if node.overload != overload or found is None or found != expected:
+            raise FallbackMismatchError(
+                f"{where}: the fallback body of {node.op_type} node {node.name!r} does not "
+                "match its attributes (the node or its function was edited after export); "
+                "export the model again, or re-attach the fallbacks with "
+                "qwthn_onnx.ops.fallback.attach_fallbacks"
+            )

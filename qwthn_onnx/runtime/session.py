@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from qwthn_onnx._io import tokenizer_from_files
+from qwthn_onnx.ops.fallback import check_fallbacks
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError, generate_tokens
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
@@ -92,6 +94,14 @@ def check_export_integrity(directory: str | Path) -> None:
         )
 
 
+def _check_fallbacks(path: Path) -> None:
+    """Without the kernels onnxruntime runs each node's fallback body, chosen by name: check
+    that the bodies are the ones the nodes' attributes give (weights are not needed for it)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    if proto.functions:  # none: exported with --no-fallback, which onnxruntime will name
+        check_fallbacks(proto, where=str(path))
+
+
 def resolve_model_path(path: str | Path, check_integrity: bool = True) -> Path:
     """``model.onnx`` itself, or the one inside an export directory, whose files are first
     checked against its manifest (:func:`check_export_integrity`) unless told not to."""
@@ -143,6 +153,8 @@ class QWTHNSession:
                 warnings.warn(f"{e} Running the fallback functions.", FallbackWarning, 2)
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not self.kernels:
+            _check_fallbacks(self.path)
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]

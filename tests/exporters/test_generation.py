@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from qwthn_onnx.cli.run import main as run_main
+from qwthn_onnx.ops.fallback import FallbackMismatchError
 from qwthn_onnx.runtime.generation import (
     GenerationConfig,
     GenerationError,
@@ -201,6 +202,30 @@ def test_an_export_that_no_longer_matches_its_manifest_is_refused(llama, tmp_pat
     (directory / "manifest.json").write_text('{"files": 3}')
     with pytest.raises(ExportIntegrityError, match=r"manifest\.json is damaged"):
         check_export_integrity(directory)
+
+
+def test_fallback_bodies_that_no_longer_match_their_nodes_are_refused(llama, tmp_path):
+    """Without the kernels onnxruntime picks each node's body by its overload name, never
+    reading the attributes: a node edited after export would run its old circuit."""
+    import onnx
+
+    proto = onnx.load(str(llama[0] / "model.onnx"))
+    node = next(n for n in proto.graph.node if n.op_type == "QuantumLayer")
+    observables = next(a for a in node.attribute if a.name == "observables")
+    observables.ints[:] = [1 if code == 3 else code for code in observables.ints]  # Z -> X
+    edited = tmp_path / "edited.onnx"
+    onnx.save(proto, str(edited))
+    with pytest.raises(FallbackMismatchError, match=f"node '{node.name}' does not match"):
+        QWTHNSession(edited, kernels=False)
+    QWTHNSession(edited, kernels=True)  # the kernel reads the attributes: nothing is stale
+
+    proto = onnx.load(str(llama[0] / "model.onnx"))
+    body = next(f for f in proto.functions if f.name == "QuantumLayer")
+    constant = next(n for n in body.node if n.op_type == "Constant")
+    constant.attribute[0].t.raw_data = bytes(len(constant.attribute[0].t.raw_data))
+    onnx.save(proto, str(edited))
+    with pytest.raises(FallbackMismatchError, match="edited after export"):
+        QWTHNSession(edited, kernels=False)
 
 
 def test_readme_inference_example_runs(llama, tmp_path, monkeypatch):
