@@ -324,6 +324,12 @@ def decode_tensor(tensor: RequestInput, datatype: str) -> np.ndarray:
     if datatype not in NUMPY_DTYPES:
         raise BadRequestError(f"input '{name}': datatype {datatype} is not supported")
     target = NUMPY_DTYPES[datatype]
+    if math.prod(d for d in tensor.shape if d) * target.itemsize >= 2**63:
+        # numpy refuses such a shape even with a zero dim: no array can have it
+        raise BadRequestError(
+            f"input '{name}': shape {tensor.shape} of {datatype} is too large for an array (its "
+            "non-zero dims multiply past 2^63 bytes)"
+        )
     expected = math.prod(tensor.shape)
     if tensor._binary is not None:
         if len(tensor._binary) != expected * target.itemsize:

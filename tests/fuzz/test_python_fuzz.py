@@ -90,9 +90,13 @@ def _regressions():
 
 @pytest.mark.parametrize(("name", "path"), _regressions())
 def test_crash_reproducers_are_refused_clearly(name, path, workdir, monkeypatch):
+    """Each reproducer is now one of its target's refusals. (infer_request tries each input
+    under several datatypes and takes the refusals in its stride, so there only the fuzzer's
+    verdict is checked; tests/serving/test_protocol.py checks those messages.)"""
     if name == "infer_feed":  # runs against the tiny export, as run() tells its child
         monkeypatch.setenv(_ARTIFACTS_ENV, str(tiny_artifacts(workdir / "artifacts")))
-    check = _target(name)()
-    with pytest.raises(check.refusals):
-        check.one_input(path.read_bytes())
-    replay(name, path.read_bytes())  # and the fuzzer's own wrapper lets it pass
+    if name != "infer_request":
+        check = _target(name)()
+        with pytest.raises(check.refusals):
+            check.one_input(path.read_bytes())
+    replay(name, path.read_bytes())  # the fuzzer's own wrapper lets it pass

@@ -54,6 +54,9 @@ def test_numbers_convert_to_the_model_datatype():
         (_input([2**63], [1]), "INT64", "out of the range of INT64"),
         (_input(["x"], [1], "BYTES"), "BYTES", "BYTES is not supported"),
         (_input(None, [1]), "INT64", "has no data: give 'data', or 'binary_data_size'"),
+        # found by fuzzing: numpy refuses it even with a zero dim (a ValueError, a 500)
+        (_input([], [2**40, 2**40, 0], "FP32"), "FP32", "too large for an array"),
+        (_input([], [2**63 - 1, 1, 0]), "INT64", "too large for an array"),
         # found by fuzzing: it became inf in FP32, and the model's outputs NaN (a 500)
         (_input([1, 8.9e44], [2], "FP32"), "FP32", r"finite numbers within ±3\.403e\+38"),
         (_input([70000.0], [1], "FP16"), "FP16", r"finite numbers within ±6\.55e\+04"),
