@@ -58,7 +58,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from system_info import log, machine_info
 
-from serving.testing import ProcessResources, ServerProcess, ServerProcessError
+from serving.testing import ProcessResources, ServerProcess, ServerProcessError, parse_sse
 
 SEED = 0
 SERVER_FLAGS = [
@@ -180,22 +180,6 @@ def _logits_problem(got: np.ndarray, expected: np.ndarray) -> str | None:
     return None if diff <= TOLERANCE else f"logits differ from alone by {diff:.3g}"
 
 
-def parse_sse(lines: list[str]) -> list[tuple[str, str]]:
-    """(event, data) of each server-sent event in ``lines`` (without line ends)."""
-    events, kind, data = [], "message", []
-    for line in lines:
-        if line.startswith("event: "):
-            kind = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            data.append(line.removeprefix("data: "))
-        elif not line and data:
-            events.append((kind, "\n".join(data)))
-            kind, data = "message", []
-    if data:
-        events.append((kind, "\n".join(data)))
-    return events
-
-
 def _stream_problem(events: list[tuple[str, str]], expected: str) -> str | None:
     if not events or events[-1] != ("message", "[DONE]"):
         return f"stream does not end with [DONE]: {events[-2:]}"
@@ -266,7 +250,7 @@ async def generate_stream(c: Client) -> Outcome:
         lines = [line async for line in r.aiter_lines()]
     if r.status_code != 200:
         return str(r.status_code), "\n".join(lines)[:200]
-    return "200", _stream_problem(parse_sse(lines), c.fixtures.generate_texts[k])
+    return "200", _stream_problem(parse_sse(lines)[0], c.fixtures.generate_texts[k])
 
 
 async def disconnect(c: Client) -> Outcome:

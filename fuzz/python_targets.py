@@ -251,19 +251,11 @@ def _infer_feed() -> _Check:
 def _generate_request() -> _Check:
     from pydantic import ValidationError
 
-    from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError
+    from qwthn_onnx.runtime.generation import GenerationError
     from serving.protocol import GenerateRequest
 
     def one_input(data: bytes) -> None:
-        request = GenerateRequest.model_validate_json(data)
-        GenerationConfig(
-            max_new_tokens=request.max_new_tokens,
-            do_sample=request.do_sample,
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            seed=request.seed,
-        ).validate()
+        GenerateRequest.model_validate_json(data).generation_config().validate()
 
     return _Check(one_input, (ValidationError, GenerationError))
 

@@ -63,14 +63,7 @@ def plan_generation(
     message), ``max_new_tokens`` over ``max_tokens``, a prompt without tokens or longer than the
     model's context.
     """
-    config = GenerationConfig(
-        max_new_tokens=request.max_new_tokens,
-        do_sample=request.do_sample,
-        temperature=request.temperature,
-        top_k=request.top_k,
-        top_p=request.top_p,
-        seed=request.seed,
-    )
+    config = request.generation_config()
     try:
         config.validate()
     except GenerationError as e:

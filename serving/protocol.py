@@ -28,6 +28,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from qwthn_onnx.runtime.generation import GenerationConfig
 from serving.errors import BadRequestError, ServingError
 
 __all__ = [
@@ -250,6 +251,17 @@ class GenerateRequest(BaseModel):
         description="strings that end the text (they are cut off)",
     )
     id: str | None = None
+
+    def generation_config(self) -> GenerationConfig:
+        """The sampling settings this request asks for (not yet validated)."""
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+        )
 
 
 class GenerateResponse(BaseModel):

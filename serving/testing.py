@@ -17,19 +17,38 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-__all__ = ["ProcessResources", "ServerProcess", "ServerProcessError", "free_port"]
+__all__ = ["ProcessResources", "ServerProcess", "ServerProcessError", "free_port", "parse_sse"]
 
 _ROOT = Path(__file__).resolve().parents[1]  # the source tree, where ``-m serving`` resolves
 
 
 class ServerProcessError(RuntimeError):
     """The server process exited early, never became ready, or did not stop when asked."""
+
+
+def parse_sse(lines: Iterable[str]) -> tuple[list[tuple[str, str]], bool]:
+    """The (event, data) of each server-sent event in ``lines`` (without line ends), and
+    whether the stream ended between events (when cut inside one, that one comes last)."""
+    events: list[tuple[str, str]] = []
+    kind, data = "message", []
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data.append(line.removeprefix("data: "))
+        elif not line and data:
+            events.append((kind, "\n".join(data)))
+            kind, data = "message", []
+    if data:
+        events.append((kind, "\n".join(data)))
+    return events, not data
 
 
 def free_port() -> int:

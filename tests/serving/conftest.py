@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporters import ExportOptions, export_model
 from qwthn_onnx.runtime.session import QWTHNSession
 from qwthn_onnx.runtime.signature import past_names
-from serving.testing import ServerProcess
+from serving.testing import ServerProcess, parse_sse
 from tests.exporters.conftest import make_model_pt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,17 +140,8 @@ class Streamed:
 
 def parse_stream(lines: Iterable[str]) -> Streamed:
     """The events of a server-sent event stream (its lines, without line ends)."""
-    events: list[tuple[str, str]] = []
-    kind, data = "message", []
-    for line in lines:
-        if line.startswith("event: "):
-            kind = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            data.append(line.removeprefix("data: "))
-        elif not line and data:
-            events.append((kind, "\n".join(data)))
-            kind, data = "message", []
-    assert not data, "the stream ended inside an event"
+    events, complete = parse_sse(lines)
+    assert complete, "the stream ended inside an event"
     if events and events[-1][0] == "error":
         return Streamed(_tokens(events[:-1]), None, json.loads(events[-1][1])["error"])
     assert events[-1] == ("message", "[DONE]"), events[-3:]
