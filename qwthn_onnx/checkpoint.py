@@ -271,8 +271,10 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
 
 
 def base_config(config_json: str, where: str) -> Any:
-    """The transformers config stored as JSON in a model file; ModelFileError when unusable
-    (transformers' own validation raises ValueError, TypeError, even ZeroDivisionError)."""
+    """The transformers config stored as JSON in a model file; ModelFileError when unusable.
+    transformers validates a config's values with whatever fails first (ValueError, TypeError,
+    ZeroDivisionError, AttributeError for an unknown dtype name, ...), so every error of the
+    construction is a refusal here."""
     from transformers import AutoConfig
 
     try:
@@ -280,7 +282,7 @@ def base_config(config_json: str, where: str) -> Any:
         if not isinstance(config_dict, dict):
             raise ValueError("it is not a JSON object")
         return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError) as e:
+    except Exception as e:
         raise ModelFileError(f"{where}: the base model config is not usable: {e!r}") from e
 
 
@@ -300,7 +302,7 @@ def check_weights_fit(
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated
             skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype).state_dict()
-    except (ValueError, TypeError, ArithmeticError, RuntimeError, AttributeError) as e:
+    except Exception as e:  # as in base_config: the model's constructor fails in any way
         raise ModelFileError(f"{where}: the base model config does not build: {e!r}") from e
     for key, shape in shapes.items():
         if key in skeleton and tuple(shape) != tuple(skeleton[key].shape):

@@ -397,11 +397,16 @@ class Circuit:
             )
         limit = max_qubits_limit(max_qubits)
         if self.n_qubits > limit:
-            amplitudes = 2**self.n_qubits
+            n = self.n_qubits
+            # 2**n itself would take forever for an absurd n (a damaged or hostile file)
+            memory = (
+                f"{format_bytes(8 * 2**n)} in complex64 and {format_bytes(16 * 2**n)} in complex128"
+                if n <= 256
+                else f"8 x 2^{n} bytes"
+            )
             raise CircuitError(
-                f"Circuit has {self.n_qubits} qubits, more than the limit of {limit}: one "
-                f"{self.n_qubits}-qubit state vector needs {format_bytes(8 * amplitudes)} in "
-                f"complex64 and {format_bytes(16 * amplitudes)} in complex128 (per sample). "
+                f"Circuit has {n} qubits, more than the limit of {limit}: one {n}-qubit state "
+                f"vector needs {memory} (per sample). "
                 f"If you really mean it, raise the limit with the environment variable "
                 f"{MAX_QUBITS_ENV}={self.n_qubits} or max_qubits={self.n_qubits} "
                 "(Circuit(..., max_qubits=N) / Circuit.validate(max_qubits=N))."

@@ -191,6 +191,10 @@ def test_qubit_limit_states_memory_and_how_to_raise_it(monkeypatch):
         circuit([], n_qubits=40, observables=["Z" * 40], max_qubits=30)
     assert "8.0 TiB" in str(info.value) and "16.0 TiB" in str(info.value)
 
+    # found by fuzzing: 2**n for an 80-digit n never finished; the message now says 2^n
+    with pytest.raises(CircuitError, match=r"needs 8 x 2\^10{80} bytes"):
+        circuit([], n_qubits=10**80, observables=["Z"])
+
 
 def test_qubit_limit_is_configurable(monkeypatch):
     monkeypatch.delenv("QWTHN_MAX_QUBITS", raising=False)
