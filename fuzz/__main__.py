@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(console: Console, results: list[FuzzResult], setup_errors: dict[str, str]) -> None:
     table = Table("target", "engine", "seconds", "executions", "exec/s", "result")
     for r in results:
-        verdict = "[red]CRASH[/] " + ", ".join(map(str, r.crash_files)) if r.crashed else "ok"
+        found = ", ".join(map(str, r.crash_files)) or "no reproducer: the child died, see below"
+        verdict = f"[red]CRASH[/] {found}" if r.crashed else "ok"
         rate = r.executions / r.seconds if r.seconds > 0 else 0.0
         table.add_row(
             r.target, r.engine, f"{r.seconds:.0f}", f"{r.executions:,}", f"{rate:,.0f}", verdict

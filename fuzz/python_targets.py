@@ -541,7 +541,7 @@ def run(name: str, seconds: float, workdir: Path) -> FuzzResult:
         engine="atheris",
         seconds=elapsed,
         executions=_executions(log),
-        crashed=child.returncode != 0 and bool(crash_files),
+        crashed=child.returncode != 0,  # a finding, or a child that died: the log says which
         crash_files=crash_files,
         log=log,
     )
