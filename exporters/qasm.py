@@ -557,8 +557,9 @@ def qasm3_to_circuit(
         raise QasmError(f"invalid OpenQASM 3 at {_syntax_error(err)}") from err
     except AttributeError as err:  # openqasm3 cannot give a span to a program without tokens
         raise QasmError(
-            "the program is empty (only whitespace or comments); write the program "
-            "circuit_to_qasm3 writes, starting with 'OPENQASM 3.0;'"
+            "the OpenQASM 3 parser found no statement to read (is the program empty, or only "
+            f"comments?) ({err}); write the program circuit_to_qasm3 writes, starting with "
+            "'OPENQASM 3.0;'"
         ) from err
     reader = _Reader()
     for statement in program.statements:
