@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,11 +163,27 @@ def _require(mapping: Any, key: str, kind: type | tuple[type, ...], where: str) 
     return value
 
 
+def _check_archive(path: Path) -> None:
+    """Check every member of the zip archive torch.save writes against its CRC-32: torch.load
+    does not, so a flipped bit in a weight would load as another model without a word."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ModelFileError(f"{path}: not a readable model.pt (truncated or damaged?): {e}") from e
+    if damaged is not None:
+        raise ModelFileError(
+            f"{path}: {damaged} inside fails its CRC-32 check: the file is damaged (truncated or "
+            "changed after it was written); write it again with qwthn-train or save_model_pt"
+        )
+
+
 def read_model_pt(path: str | Path) -> dict[str, Any]:
     """Load and validate the raw payload (no model is built). Raises ModelFileError."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
