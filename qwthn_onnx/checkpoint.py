@@ -169,7 +169,7 @@ def _check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, RuntimeError, ...
         raise ModelFileError(f"{path}: not a readable model.pt (truncated or damaged?): {e}") from e
     if damaged is not None:
         raise ModelFileError(
