@@ -24,7 +24,7 @@ from fuzz import native, python_targets
 from fuzz.common import FuzzResult, FuzzSetupError
 from qwthn_onnx._io import atomic_write_text
 
-Runner = Callable[[str, float, Path], FuzzResult]
+Runner = Callable[..., FuzzResult]  # (name, seconds, workdir, *, seed) -> result
 
 
 def targets() -> dict[str, tuple[str, str, Runner]]:
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs/fuzz"),
         help="corpora, cached seeds and reproducers, kept between runs (default: runs/fuzz)",
     )
+    p.add_argument("--seed", type=int, help="libFuzzer's random seed (default: its own pick)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--list", action="store_true", help="list the targets and exit")
     return p
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         engine, _, run = known[name]
         console.print(f"fuzzing {name} ({engine}) for {args.seconds:g} s ...")
         try:
-            results.append(run(name, args.seconds, args.workdir.resolve() / engine))
+            results.append(run(name, args.seconds, args.workdir.resolve() / engine, seed=args.seed))
         except FuzzSetupError as e:
             setup_errors[name] = str(e)
             console.print(f"[red]cannot run {name}[/]: {e}")

@@ -248,8 +248,16 @@ def _limits() -> list[str]:
     ]
 
 
-def run(name: str, seconds: float, workdir: Path, *, binary: Path | None = None) -> FuzzResult:
-    """Fuzz target ``name`` for about ``seconds`` (libFuzzer's -max_total_time).
+def run(
+    name: str,
+    seconds: float,
+    workdir: Path,
+    *,
+    binary: Path | None = None,
+    seed: int | None = None,
+) -> FuzzResult:
+    """Fuzz target ``name`` for about ``seconds`` (libFuzzer's -max_total_time); ``seed`` fixes
+    libFuzzer's random choices (None: libFuzzer picks one).
 
     The corpus (seeded on first use) and reproducers live under ``workdir``; the target is
     built into build/fuzz unless ``binary`` names a libFuzzer executable to run instead.
@@ -266,6 +274,7 @@ def run(name: str, seconds: float, workdir: Path, *, binary: Path | None = None)
         seed_corpus(name, corpus)
     command = [
         str(binary), f"-max_total_time={max(1, math.ceil(seconds))}", *_limits(),
+        *([f"-seed={seed}"] if seed is not None else []),
         "-max_len=4096", "-print_final_stats=1", f"-artifact_prefix={artifacts}/", str(corpus),
     ]  # fmt: skip
     start = time.monotonic()

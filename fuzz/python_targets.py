@@ -487,9 +487,10 @@ def seed_corpus(name: str, directory: Path, artifacts: Path | None = None) -> No
 # ----------------------------------------------------------------------------------------------
 
 
-def _libfuzzer_flags(name: str, seconds: float, target_dir: Path) -> list[str]:
+def _libfuzzer_flags(name: str, seconds: float, target_dir: Path, seed: int | None) -> list[str]:
     return [
         f"-max_total_time={max(1, round(seconds))}",
+        *([f"-seed={seed}"] if seed is not None else []),
         f"-timeout={_TIMEOUT_S.get(name, 10)}",
         f"-rss_limit_mb={_RSS_LIMIT_MB}",
         f"-artifact_prefix={target_dir}{os.sep}",
@@ -499,8 +500,11 @@ def _libfuzzer_flags(name: str, seconds: float, target_dir: Path) -> list[str]:
     ]
 
 
-def run(name: str, seconds: float, workdir: Path) -> FuzzResult:
+def run(name: str, seconds: float, workdir: Path, *, seed: int | None = None) -> FuzzResult:
     """Fuzz target ``name`` for about ``seconds`` (libFuzzer's -max_total_time).
+
+    ``seed`` fixes libFuzzer's random choices (the suite's smoke runs: the same inputs every
+    time, in the order tried); None lets libFuzzer pick one, as long runs should.
 
     ``workdir`` is shared by all targets: ``<workdir>/artifacts`` caches the tiny model, and
     ``<workdir>/<name>/`` holds ``seeds/`` (written on the first run), ``corpus/`` (what the
@@ -526,7 +530,7 @@ def run(name: str, seconds: float, workdir: Path) -> FuzzResult:
         env[_ARTIFACTS_ENV] = str(tiny_artifacts(workdir / _ARTIFACTS))
     start = time.monotonic()
     child = subprocess.run(
-        [*command, *_libfuzzer_flags(name, seconds, target_dir)],
+        [*command, *_libfuzzer_flags(name, seconds, target_dir, seed)],
         capture_output=True,
         text=True,
         errors="replace",

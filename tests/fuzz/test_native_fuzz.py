@@ -19,6 +19,8 @@ import pytest
 from fuzz import native
 from fuzz.common import FuzzSetupError
 
+SMOKE_SEED = 1  # as in test_python_fuzz.py: the same inputs every run
+
 # A function each target reaches only when a seed decodes into something valid and small.
 DEEP_FUNCTIONS = {
     "circuit": "run_kernels",
@@ -62,7 +64,7 @@ def test_the_seeds_decode_and_reach_the_kernels(name, binaries, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(native.NATIVE_TARGETS))
 def test_a_few_seconds_of_fuzzing_find_no_crash(name, binaries, tmp_path):
-    result = native.run(name, 5, tmp_path, binary=binaries[name])
+    result = native.run(name, 5, tmp_path, binary=binaries[name], seed=SMOKE_SEED)
     assert (result.target, result.engine) == (name, "libfuzzer")
     assert not result.crashed and result.crash_files == [], result.log[-5000:]
     assert result.executions > 1000, result.log[-2000:]  # seeds alone are a handful
