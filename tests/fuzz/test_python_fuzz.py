@@ -1,11 +1,13 @@
 """The atheris targets: each runs, counts real executions and finds nothing on the seeds; the
 harness flags what is not a documented refusal; every crash it found stays fixed."""
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import onnx
 import pytest
 
 pytest.importorskip("atheris")
@@ -104,3 +106,43 @@ def test_crash_reproducers_are_refused_clearly(name, path, workdir, monkeypatch)
         with pytest.raises(check.refusals):
             check.one_input(path.read_bytes())
     replay(name, path.read_bytes())  # the fuzzer's own wrapper lets it pass
+
+
+def _edited_config(proto: onnx.ModelProto, **changes: object) -> bytes:
+    prop = next(p for p in proto.metadata_props if p.key == "qwthn.base_model")
+    base = json.loads(prop.value)
+    base["config_json"] = json.dumps({**json.loads(base["config_json"]), **changes})
+    prop.value = json.dumps(base)
+    return proto.SerializeToString()
+
+
+def _short_initializer(proto: onnx.ModelProto) -> bytes:
+    weight = next(i for i in proto.graph.initializer if len(i.raw_data) > 4)
+    weight.raw_data = weight.raw_data[:-4]
+    return proto.SerializeToString()
+
+
+def _metadata_not_utf8(proto: onnx.ModelProto) -> bytes:
+    data = proto.SerializeToString()
+    value = b'"qwthn-onnx"'  # in qwthn.producer; same length, so the protobuf stays well-formed
+    assert value in data
+    return data.replace(value, b'"qwthn-\xffnnx"', 1)
+
+
+# The onnx_import crashes, rebuilt from the tiny export (model files are not committed).
+ONNX_IMPORT_CRASHES = {
+    "config-dtype-unknown": lambda proto: _edited_config(proto, dtype="dloat32"),
+    "config-zero-attention-heads": lambda proto: _edited_config(proto, num_attention_heads=0),
+    "initializer-data-shorter-than-dims": _short_initializer,
+    "metadata-not-utf8": _metadata_not_utf8,
+}
+
+
+@pytest.mark.parametrize("crash", sorted(ONNX_IMPORT_CRASHES))
+def test_onnx_import_crashes_are_refused_clearly(crash, workdir):
+    proto = onnx.load(str(tiny_artifacts(workdir / "artifacts") / "onnx" / "model.onnx"))
+    data = ONNX_IMPORT_CRASHES[crash](proto)
+    check = _target("onnx_import")()
+    with pytest.raises(check.refusals):
+        check.one_input(data)
+    replay("onnx_import", data)
