@@ -10,6 +10,7 @@ Formats (one example per line):
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["DataError", "Example", "TokenizedData", "load_examples", "tokenize_examples"]
+__all__ = [
+    "DataError",
+    "Example",
+    "TokenizedData",
+    "load_examples",
+    "split_examples",
+    "tokenize_examples",
+]
 
 
 class DataError(ValueError):
@@ -97,6 +105,37 @@ def load_examples(path: str | Path) -> list[Example]:
     if not examples:
         raise DataError(f"{path}: the dataset is empty (no non-blank lines)")
     return examples
+
+
+def split_examples(
+    examples: Sequence[Example], validation_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Shuffle with ``seed`` and split off ``validation_fraction`` as (train, validation).
+
+    Deterministic for a given seed, so a resumed run evaluates on the same held-out examples.
+    The validation side gets ``round(fraction * n)`` examples; both sides must be non-empty.
+    """
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)):
+        raise DataError(
+            f"validation fraction must be a number in (0, 1), got {validation_fraction!r}"
+        )
+    if not 0.0 < validation_fraction < 1.0:
+        raise DataError(
+            f"validation fraction must be in (0, 1) (e.g. 0.1), got {validation_fraction}"
+        )
+    n = len(examples)
+    n_val = round(validation_fraction * n)
+    if n_val == 0 or n_val == n:
+        side = "validation" if n_val == 0 else "training"
+        raise DataError(
+            f"a validation fraction of {validation_fraction} of {n} examples leaves the {side} "
+            "set empty; use more examples, another fraction, or a separate validation file"
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    train = [examples[i] for i in sorted(order[n_val:])]
+    validation = [examples[i] for i in sorted(order[:n_val])]
+    return train, validation
 
 
 @dataclass

@@ -3,7 +3,13 @@ import json
 import pytest
 import torch
 
-from qwthn_onnx.data import DataError, Example, load_examples, tokenize_examples
+from qwthn_onnx.data import (
+    DataError,
+    Example,
+    load_examples,
+    split_examples,
+    tokenize_examples,
+)
 from qwthn_onnx.demo import build_char_tokenizer
 
 
@@ -99,3 +105,28 @@ def test_json_array_file(tmp_path):
     f.write_text("[]")
     with pytest.raises(DataError, match="empty JSON array"):
         load_examples(f)
+
+
+def test_split_examples_is_deterministic_and_disjoint():
+    examples = [Example("", f"text {i}") for i in range(20)]
+    train, val = split_examples(examples, 0.25, seed=3)
+    assert len(val) == 5 and len(train) == 15
+    assert sorted(train + val, key=examples.index) == examples
+    assert split_examples(examples, 0.25, seed=3) == (train, val)
+    assert split_examples(examples, 0.25, seed=4)[1] != val
+
+
+@pytest.mark.parametrize(
+    ("fraction", "n", "message"),
+    [
+        (0.0, 10, r"must be in \(0, 1\)"),
+        (1.0, 10, r"must be in \(0, 1\)"),
+        (-0.5, 10, r"must be in \(0, 1\)"),
+        ("0.1", 10, "must be a number"),
+        (0.01, 10, "leaves the validation set empty"),
+        (0.99, 10, "leaves the training set empty"),
+    ],
+)
+def test_split_examples_rejects_bad_fractions(fraction, n, message):
+    with pytest.raises(DataError, match=message):
+        split_examples([Example("", "x")] * n, fraction, seed=0)
