@@ -1,31 +1,65 @@
-"""Fine-tuning data: text and JSONL files, and their tokenisation for causal-LM training.
+"""Fine-tuning data: text, instruction and chat files, and their tokenisation for causal LMs.
 
-Formats (one example per line):
-- ``.txt`` (any non-JSONL name): each non-empty line is a text example, trained on whole.
-- ``.jsonl``: ``{"text": ...}`` (trained on whole) or ``{"prompt": ..., "completion": ...}``
-  (loss on the completion only, as users of instruction tuning expect).
-- ``.json``: the same records, one per line or as one JSON array.
+Record formats (``docs/data.md`` has examples of each):
+- ``.txt`` (any name but ``.json``/``.jsonl``): each non-blank line is a text example.
+- ``.jsonl`` / ``.json`` (one record per line, or one JSON array), per record:
+  ``{"text"}`` and ``{"prompt", "completion"}`` (plain records), alpaca
+  ``{"instruction", "input"?, "output", "system"?}``, OpenAI ``{"messages": [...]}``,
+  ShareGPT ``{"conversations": [...]}`` and TRL's conversational ``{"prompt": [...],
+  "completion": [...]}`` (conversation records). A file holds one family or the other.
+
+Plain records train ``[bos] prompt completion [eos]`` with the loss on the completion.
+Conversations are rendered with the tokenizer's chat template (or a plain ``Role: content``
+layout) and the loss falls on trained assistant turns only, end-of-turn marker included.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 __all__ = [
+    "CHAT_TEMPLATE_MODES",
+    "ROLE_ALIASES",
     "DataError",
     "Example",
+    "Message",
     "TokenizedData",
+    "chat_prompt_ids",
     "load_examples",
     "split_examples",
     "tokenize_examples",
 ]
+
+ChatTemplateMode = Literal["auto", "on", "off"]
+CHAT_TEMPLATE_MODES: tuple[str, ...] = ("auto", "on", "off")
+
+# Role names found in the wild (OpenAI, ShareGPT, Gemini, ...) -> the role a chat template knows.
+ROLE_ALIASES: dict[str, str] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "tool": "tool",
+}
+# Plain rendering (no chat template): "User: hi\nAssistant: hello<eos>".
+_PLAIN_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+_FORMATS = (
+    '"text" key, "prompt" and "completion" keys, "instruction" and "output" (alpaca), '
+    '"messages" (OpenAI chat) or "conversations" (ShareGPT)'
+)
 
 
 class DataError(ValueError):
@@ -33,51 +67,49 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Message:
+    """One conversation turn; ``trained`` marks an assistant turn the loss is computed on."""
+
+    role: str
+    content: str
+    trained: bool = False
+
+    def __post_init__(self) -> None:
+        if self.role not in _PLAIN_TITLES:
+            raise DataError(f"unknown role {self.role!r}; use one of {sorted(_PLAIN_TITLES)}")
+        if self.trained and self.role != "assistant":
+            raise DataError(f"only assistant turns can be trained, not a {self.role} turn")
+
+
+@dataclass(frozen=True)
 class Example:
-    """A training example: the model learns ``completion`` given ``prompt`` (which may be "")."""
+    """A training example: ``completion`` given ``prompt`` (may be ""), or a conversation.
 
-    prompt: str
-    completion: str
+    ``Example(prompt, completion)`` is a plain record; ``Example(messages=(...))`` a
+    conversation (then prompt and completion stay empty). ``source`` ("file:line") names the
+    record in errors raised after loading; it takes no part in equality.
+    """
+
+    prompt: str = ""
+    completion: str = ""
+    messages: tuple[Message, ...] = ()
+    source: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            return
+        if self.prompt or self.completion:
+            raise DataError("an Example holds either prompt/completion or messages, not both")
+        if not any(m.trained for m in self.messages):
+            raise DataError("a conversation needs at least one trained assistant turn")
 
 
-def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Example:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-    return _parse_record(f"{path}:{lineno}", record)
-
-
-def _parse_json_array(path: Path, text: str) -> list[Example]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-    return [_parse_record(f"{path}: item {i}", r) for i, r in enumerate(records)]
-
-
-def _parse_record(where: str, record: Any) -> Example:
-    """One ``{"text"}`` or ``{"prompt", "completion"}`` record; ``where`` names it in errors."""
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "text" in record:
-        fields = {"prompt": "", "completion": record["text"]}
-    elif "prompt" in record and "completion" in record:
-        fields = {"prompt": record["prompt"], "completion": record["completion"]}
-    else:
-        raise DataError(
-            f'{where}: needs a "text" key or "prompt" and "completion" keys, found {sorted(record)}'
-        )
-    for key, value in fields.items():
-        if not isinstance(value, str):
-            raise DataError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
-    if not fields["completion"]:
-        raise DataError(f"{where}: empty completion/text; nothing to learn from")
-    return Example(**fields)
+# ---------------------------------------------------------------------------------------------
+# Loading
 
 
 def load_examples(path: str | Path) -> list[Example]:
-    """Read a ``.txt`` or ``.jsonl`` dataset; raise DataError naming the file and line."""
+    """Read a ``.txt``, ``.jsonl`` or ``.json`` dataset; raise DataError naming file and line."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: dataset file not found")
@@ -89,22 +121,175 @@ def load_examples(path: str | Path) -> list[Example]:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
     suffix = path.suffix.lower()
     if suffix == ".json" and text.lstrip().startswith("["):
-        examples = _parse_json_array(path, text)
-        if not examples:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+        if not records:
             raise DataError(f"{path}: the dataset is empty (an empty JSON array)")
-        return examples
-    jsonl = suffix in (".jsonl", ".json")
-    examples = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if jsonl:
-            examples.append(_parse_jsonl_line(path, lineno, line))
-        else:
-            examples.append(Example("", line))
-    if not examples:
-        raise DataError(f"{path}: the dataset is empty (no non-blank lines)")
+        examples = [_parse_record(f"{path}: item {i}", r) for i, r in enumerate(records)]
+    else:
+        examples = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            if suffix in (".jsonl", ".json"):
+                examples.append(_parse_record(where, _json_line(where, line)))
+            else:
+                examples.append(Example("", line, source=where))
+        if not examples:
+            raise DataError(f"{path}: the dataset is empty (no non-blank lines)")
+    _check_one_family(examples)
     return examples
+
+
+def _json_line(where: str, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+
+
+def _check_one_family(examples: list[Example]) -> None:
+    """Refuse files mixing plain records and conversations: they would train two layouts."""
+    first = examples[0]
+    for ex in examples:
+        if bool(ex.messages) != bool(first.messages):
+            chat, plain = (ex, first) if ex.messages else (first, ex)
+            raise DataError(
+                f"{ex.source}: the file mixes plain records ({plain.source}: text or "
+                f"prompt/completion strings) with conversations ({chat.source}: messages, "
+                "conversations, alpaca or prompt/completion message lists); they are trained "
+                "in different layouts, so put them in separate files or convert one kind"
+            )
+
+
+def _parse_record(where: str, record: Any) -> Example:
+    """Detect the record's format by its keys (first match in the documented order)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        turns = _parse_turns(where, record["messages"], "messages", trained=True)
+        return _conversation(where, record, turns)
+    if "conversations" in record:
+        turns = _parse_turns(where, record["conversations"], "conversations", trained=True)
+        return _conversation(where, record, turns)
+    if "instruction" in record and "output" in record:
+        return _parse_alpaca(where, record)
+    if "prompt" in record and "completion" in record:
+        prompt, completion = record["prompt"], record["completion"]
+        if isinstance(prompt, list) and isinstance(completion, list):
+            turns = _parse_turns(where, prompt, "prompt", trained=False)
+            turns += _parse_turns(where, completion, "completion", trained=True)
+            return _conversation(where, record, turns)
+        fields = {"prompt": prompt, "completion": completion}
+    elif "text" in record:
+        fields = {"prompt": "", "completion": record["text"]}
+    else:
+        raise DataError(f"{where}: needs a {_FORMATS}; found keys {sorted(record)}")
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise DataError(
+                f'{where}: "{key}" must be a string (or both prompt and completion lists of '
+                f"messages), got {type(value).__name__}"
+            )
+    if not fields["completion"]:
+        raise DataError(f"{where}: empty completion/text; nothing to learn from")
+    return Example(**fields, source=where)
+
+
+def _string_field(where: str, record: dict, key: str, required: bool) -> str:
+    value = record.get(key, "")
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
+    if required and not value.strip():
+        raise DataError(f'{where}: "{key}" is empty; nothing to learn from')
+    return value
+
+
+def _parse_alpaca(where: str, record: dict) -> Example:
+    instruction = _string_field(where, record, "instruction", required=True)
+    extra = _string_field(where, record, "input", required=False)
+    output = _string_field(where, record, "output", required=True)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    turns = [Message("user", user), Message("assistant", output, trained=True)]
+    return _conversation(where, record, turns)
+
+
+def _conversation(where: str, record: dict, turns: list[Message]) -> Example:
+    """Prepend the record's optional top-level "system" prompt and check what is trained."""
+    system = _string_field(where, record, "system", required=False)
+    if system.strip():
+        if turns and turns[0].role == "system":
+            raise DataError(f'{where}: both a "system" key and a system turn; keep one')
+        turns = [Message("system", system), *turns]
+    if not any(t.trained for t in turns):
+        raise DataError(
+            f"{where}: no trained assistant turn (none, or all have weight 0); the loss "
+            "falls on assistant turns only, so this record would teach nothing"
+        )
+    return Example(messages=tuple(turns), source=where)
+
+
+def _parse_turns(where: str, turns: Any, key: str, trained: bool) -> list[Message]:
+    """Turns as ``{"role", "content"}`` or ShareGPT ``{"from", "value"}``, roles by alias.
+
+    ``trained`` is whether assistant turns here are trained (OpenAI ``"weight": 0`` opts out).
+    Empty system turns are dropped; other empty turns are errors.
+    """
+    if not isinstance(turns, list) or not turns:
+        got = "an empty list" if turns == [] else type(turns).__name__
+        raise DataError(f'{where}: "{key}" must be a non-empty list of turns, got {got}')
+    messages = []
+    for i, turn in enumerate(turns):
+        at = f"{where}: {key}[{i}]"
+        if not isinstance(turn, dict):
+            raise DataError(f"{at}: expected an object, got {type(turn).__name__}")
+        role_key, content_key = ("from", "value") if "from" in turn else ("role", "content")
+        if role_key not in turn:
+            raise DataError(
+                f'{at}: needs "role" and "content" (or ShareGPT "from" and "value"), '
+                f"found keys {sorted(turn)}"
+            )
+        raw_role = turn[role_key]
+        role = ROLE_ALIASES.get(raw_role.lower()) if isinstance(raw_role, str) else None
+        if role is None:
+            raise DataError(f"{at}: unknown role {raw_role!r}; accepted: {sorted(ROLE_ALIASES)}")
+        content = _turn_content(at, turn, content_key)
+        weight = turn.get("weight", 1)
+        if "weight" in turn:
+            if role != "assistant":
+                raise DataError(f'{at}: "weight" applies to assistant turns only, not {role}')
+            if isinstance(weight, bool) or weight not in (0, 1):
+                raise DataError(f'{at}: "weight" must be 0 or 1, got {weight!r}')
+        if not content.strip():
+            if role == "system":
+                continue
+            raise DataError(f"{at}: empty {role} content")
+        learn = trained and role == "assistant" and weight == 1
+        messages.append(Message(role, content, trained=learn))
+    return messages
+
+
+def _turn_content(at: str, turn: dict, key: str) -> str:
+    """A string, or OpenAI's list of ``{"type": "text", "text"}`` parts (joined)."""
+    content = turn.get(key)
+    if isinstance(content, str):
+        return content
+    if content is None and turn.get("tool_calls"):
+        raise DataError(f"{at}: tool calls are not supported; give the turn text content")
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise DataError(
+        f'{at}: "{key}" must be a string (or a list of {{"type": "text", "text": ...}} parts), '
+        f"got {type(content).__name__ if not isinstance(content, list) else 'other parts'}"
+    )
 
 
 def split_examples(
@@ -138,9 +323,13 @@ def split_examples(
     return train, validation
 
 
+# ---------------------------------------------------------------------------------------------
+# Tokenisation
+
+
 @dataclass
 class TokenizedData:
-    """Right-padded tensors; ``labels`` is -100 on prompt and padding positions."""
+    """Right-padded tensors; ``labels`` is -100 on untrained and padding positions."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -161,32 +350,196 @@ class TokenizedData:
 
 
 def tokenize_examples(
-    examples: Sequence[Example], tokenizer: Any, max_length: int = 256
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_length: int = 256,
+    chat_template: ChatTemplateMode = "auto",
 ) -> TokenizedData:
-    """Tokenise as ``[bos] prompt completion [eos]``, masking the prompt out of the loss.
+    """Tokenise examples for causal-LM training, with labels only where the model should learn.
 
-    Examples longer than ``max_length`` are truncated (the end, including eos, is dropped).
+    Plain records: ``[bos] prompt completion [eos]``, loss on completion + eos. Conversations:
+    the tokenizer's chat template (``chat_template`` "auto" when it has one, "on" to require
+    it, "off" never) or the plain layout of :func:`chat_prompt_ids`; loss on trained assistant
+    turns through their end-of-turn marker. Rows longer than ``max_length`` lose their end;
+    rows left with nothing trained are dropped, with a warning that counts them.
     """
+    use_template = _use_template(tokenizer, chat_template)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise DataError(f"max_length must be a positive integer, got {max_length!r}")
     if not examples:
         raise DataError("no examples to tokenize")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
-    rows = []
-    for ex in examples:
-        prompt = bos + tokenizer.encode(ex.prompt, add_special_tokens=False)
-        completion = tokenizer.encode(ex.completion, add_special_tokens=False) + eos
-        ids = (prompt + completion)[:max_length]
-        labels = ([-100] * len(prompt) + completion)[:max_length]
+    special = _specials(tokenizer)
+    rows, truncated, dropped = [], 0, 0
+    for i, ex in enumerate(examples):
+        if not ex.messages:
+            prompt = special.bos + tokenizer.encode(ex.prompt, add_special_tokens=False)
+            completion = tokenizer.encode(ex.completion, add_special_tokens=False) + special.eos
+            ids, labels = prompt + completion, [-100] * len(prompt) + completion
+        else:
+            last = max(j for j, m in enumerate(ex.messages) if m.trained)
+            turns = ex.messages[: last + 1]  # later turns carry no loss
+            if use_template:
+                ids, labels = _template_rows(turns, tokenizer, ex.source or f"example {i}")
+            else:
+                ids, labels = _plain_rows(turns, tokenizer, special)
+        truncated += len(ids) > max_length
+        ids, labels = ids[:max_length], labels[:max_length]
+        if all(label == -100 for label in labels):
+            dropped += 1
+            continue
         rows.append((ids, labels))
+    if truncated or dropped:
+        warnings.warn(
+            f"{truncated} of {len(examples)} examples are longer than max_length={max_length} "
+            f"tokens and were cut at the end; {dropped} kept no trained token and were "
+            "left out. Raise max_length to train on them whole.",
+            stacklevel=2,
+        )
+    if not rows:
+        raise DataError(f"every token is masked out (max_length={max_length} too small?)")
     width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    label_tensor = torch.full((len(rows), width), -100, dtype=torch.long)
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
-        labels[i, : len(lab)] = torch.tensor(lab)
-    if not (labels != -100).any():
-        raise DataError(f"every token is masked out (max_length={max_length} too small?)")
-    return TokenizedData(input_ids, attention, labels)
+        label_tensor[i, : len(lab)] = torch.tensor(lab)
+    return TokenizedData(input_ids, attention, label_tensor)
+
+
+def chat_prompt_ids(
+    messages: Sequence[Message], tokenizer: Any, chat_template: ChatTemplateMode = "auto"
+) -> list[int]:
+    """Token ids that prompt the next assistant turn, laid out exactly as training laid it out.
+
+    Use it to query a model fine-tuned on conversations: generate from these ids until eos
+    (or the template's end-of-turn token).
+    """
+    if _use_template(tokenizer, chat_template):
+        text = _render(tokenizer, messages, "the prompt", generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return _plain_rows(messages, tokenizer, _specials(tokenizer), generation_prompt=True)[0]
+
+
+class _Specials(NamedTuple):
+    """The tokenizer's bos/eos (as 0- or 1-element lists) and padding id."""
+
+    bos: list[int]
+    eos: list[int]
+    pad: int
+
+
+def _specials(tokenizer: Any) -> _Specials:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
+    return _Specials(bos, eos, pad)
+
+
+def _use_template(tokenizer: Any, mode: Any) -> bool:
+    if not isinstance(mode, str) or mode not in CHAT_TEMPLATE_MODES:
+        raise DataError(f"chat_template must be one of {list(CHAT_TEMPLATE_MODES)}, got {mode!r}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has_template:
+        raise DataError(
+            "chat_template='on' but the tokenizer has no chat template; set "
+            "tokenizer.chat_template, or use 'auto'/'off' for the plain 'Role: content' layout"
+        )
+    return has_template and mode != "off"
+
+
+def _plain_rows(
+    turns: Sequence[Message],
+    tokenizer: Any,
+    special: _Specials,
+    generation_prompt: bool = False,
+) -> tuple[list[int], list[int]]:
+    """``[bos]System: ..\\nUser: ..\\nAssistant: <content><eos>User: ..``; loss on content+eos.
+
+    Text between assistant contents is tokenised as one string, the way a user would tokenise
+    a prompt; without an eos token, an assistant turn ends with a (trained) newline.
+    """
+    end = special.eos or tokenizer.encode("\n", add_special_tokens=False)
+    ids, labels = list(special.bos), [-100] * len(special.bos)
+    context = ""
+    for turn in turns:
+        if turn.role != "assistant":
+            context += f"{_PLAIN_TITLES[turn.role]}: {turn.content}\n"
+            continue
+        head = tokenizer.encode(context + "Assistant: ", add_special_tokens=False)
+        body = tokenizer.encode(turn.content, add_special_tokens=False) + end
+        ids += head + body
+        labels += [-100] * len(head) + (body if turn.trained else [-100] * len(body))
+        context = ""
+    if generation_prompt:
+        context += "Assistant: "
+    if context:
+        tail = tokenizer.encode(context, add_special_tokens=False)
+        ids += tail
+        labels += [-100] * len(tail)
+    return ids, labels
+
+
+def _render(tokenizer: Any, turns: Sequence[Message], where: str, generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    conversation = [{"role": t.role, "content": t.content} for t in turns]
+    try:
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except (TemplateError, ValueError, TypeError, KeyError, IndexError) as e:
+        raise DataError(
+            f"{where}: the tokenizer's chat template failed on this conversation ({e}); fix "
+            "the turns (some templates need alternating user/assistant turns), or pass "
+            "chat_template='off' for the plain layout"
+        ) from e
+
+
+def _template_rows(
+    turns: Sequence[Message], tokenizer: Any, where: str
+) -> tuple[list[int], list[int]]:
+    """Render with the chat template; find each trained assistant turn's tokens by prefixes.
+
+    For a trained turn i, ``turns[:i]`` rendered with the generation prompt must be a token
+    prefix of ``turns[:i+1]``, which must be a prefix of the next rendering, and so on: the
+    tokens in between are that turn's reply. They are trained through the last non-whitespace
+    text of the turn (its end-of-turn token); whitespace the template adds after it is not.
+    """
+    texts = []
+    for i, turn in enumerate(turns):
+        if turn.trained:
+            start = _render(tokenizer, turns[:i], where, generation_prompt=True)
+            stop = _render(tokenizer, turns[: i + 1], where, generation_prompt=False)
+            texts += [start, stop.rstrip(), stop]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = encoded[-1]
+    labels = [-100] * len(ids)
+    for k in range(0, len(texts), 3):
+        turn_number = k // 3 + 1
+        for j in (k, k + 2):
+            if not texts[-1].startswith(texts[j]):
+                raise DataError(
+                    f"{where}: the chat template renders the conversation up to trained "
+                    f"assistant turn {turn_number} differently once later turns follow "
+                    "(e.g. it rewrites earlier turns or adds a system prompt only sometimes), "
+                    "so the turn's tokens cannot be found; use chat_template='off'"
+                )
+            if encoded[j] != ids[: len(encoded[j])]:
+                raise DataError(
+                    f"{where}: tokens merge across the boundary of trained assistant turn "
+                    f"{turn_number} (the tokens of the text before it are not a prefix of the "
+                    "whole conversation's); change the text at that boundary (e.g. leading "
+                    "whitespace in the reply) or use chat_template='off'"
+                )
+        begin, full = len(encoded[k]), len(encoded[k + 2])
+        trimmed = encoded[k + 1]
+        end = len(trimmed) if trimmed == ids[: len(trimmed)] and len(trimmed) > begin else full
+        if end <= begin:
+            raise DataError(
+                f"{where}: the chat template renders trained assistant turn {turn_number} as "
+                "no tokens (does it print message content?); use chat_template='off'"
+            )
+        labels[begin:end] = ids[begin:end]
+    return ids, labels
