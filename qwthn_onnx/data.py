@@ -75,6 +75,8 @@ class Message:
     trained: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.content, str):
+            raise DataError(f"message content must be a string, got {type(self.content).__name__}")
         if self.role not in _PLAIN_TITLES:
             raise DataError(f"unknown role {self.role!r}; use one of {sorted(_PLAIN_TITLES)}")
         if self.trained and self.role != "assistant":
@@ -116,7 +118,7 @@ def load_examples(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is dropped
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
     suffix = path.suffix.lower()
@@ -135,7 +137,7 @@ def load_examples(path: str | Path) -> list[Example]:
                 continue
             where = f"{path}:{lineno}"
             if suffix in (".jsonl", ".json"):
-                examples.append(_parse_record(where, _json_line(where, line)))
+                examples.append(_parse_record(where, _json_line(where, line, suffix)))
             else:
                 examples.append(Example("", line, source=where))
         if not examples:
@@ -144,11 +146,12 @@ def load_examples(path: str | Path) -> list[Example]:
     return examples
 
 
-def _json_line(where: str, line: str) -> Any:
+def _json_line(where: str, line: str, suffix: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+        hint = "; a .json file holds one JSON array, or one record per line" * (suffix == ".json")
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}){hint}") from e
 
 
 def _check_one_family(examples: list[Example]) -> None:

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,15 @@ def test_json_array_file(tmp_path):
     f.write_text("[]")
     with pytest.raises(DataError, match="empty JSON array"):
         load_examples(f)
+    f.write_text('{\n  "text": "a pretty-printed record"\n}\n')
+    with pytest.raises(DataError, match=r"d\.json:1: invalid JSON .*one JSON array, or one record"):
+        load_examples(f)
+
+
+def test_byte_order_mark_is_not_part_of_the_data(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "abc"}).encode() + b"\n")
+    assert load_examples(f) == [Example("", "abc")]
 
 
 def test_split_examples_is_deterministic_and_disjoint():
@@ -295,6 +305,8 @@ def test_a_file_may_not_mix_plain_records_and_conversations(tmp_path):
 def test_example_and_message_validate_themselves():
     with pytest.raises(DataError, match="unknown role 'narrator'"):
         Message("narrator", "x")
+    with pytest.raises(DataError, match="content must be a string, got int"):
+        Message("user", 5)
     with pytest.raises(DataError, match="only assistant turns can be trained"):
         Message("user", "x", trained=True)
     with pytest.raises(DataError, match="either prompt/completion or messages"):
@@ -468,6 +480,54 @@ def test_smollm2_template_masking(smollm2):
     assert _trained_spans(smollm2, data, 1) == ["2<|im_end|>"]
     prompt = chat_prompt_ids(CONVERSATION.messages[:5], smollm2)
     assert data.input_ids[0, : len(prompt)].tolist() == prompt
+    # The rendering shown in docs/data.md.
+    short = tokenize_examples([_chat(("user", "2+2?"), ("assistant", "4", True))], smollm2)
+    assert smollm2.decode(short.input_ids[0]) in _doc_blocks("text")
+    assert _trained_spans(smollm2, short) == ["4<|im_end|>"]
     # "\n " is one BPE token: a reply starting with spaces merges into the header's newline.
     with pytest.raises(DataError, match="tokens merge across the boundary of trained assistant"):
         tokenize_examples([_chat(("user", "Hi"), ("assistant", "  Hello", True))], smollm2)
+
+
+# --- The documentation's examples ------------------------------------------------------------
+
+DOCS = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+
+
+def _doc_blocks(kind):
+    return re.findall(rf"```{kind}\n(.*?)```", DOCS, flags=re.S)
+
+
+def test_documented_records_load_as_described(tmp_path):
+    loaded = []
+    for i, block in enumerate(_doc_blocks("jsonl")):
+        f = tmp_path / f"{i}.jsonl"
+        f.write_text(block)
+        loaded += load_examples(f)
+    assert loaded == [
+        _chat(
+            ("system", "Be brief."),
+            ("user", "Hi"),
+            ("assistant", "Hello!", False),
+            ("user", "2+2?"),
+            ("assistant", "4", True),
+        ),
+        _chat(("user", "Hi"), ("assistant", "Hello!", True)),
+        _chat(("user", "Add the numbers.\n\n2 and 3"), ("assistant", "5", True)),
+        Example("12+3=", "15"),
+        _chat(("user", "2+2?"), ("assistant", "4", True)),
+        Example("", "The quick brown fox jumps over the lazy dog."),
+    ]
+
+
+def test_documented_plain_layout(templated):
+    conversation = _chat(
+        ("system", "Be brief."),
+        ("user", "2+2?"),
+        ("assistant", "4", True),
+        ("user", "and 3+3?"),
+        ("assistant", "6", True),
+    )
+    data = tokenize_examples([conversation], templated, chat_template="off")
+    text = templated.decode(data.input_ids[0]).replace("<bos>", "[bos]").replace("<eos>", "[eos]")
+    assert f"{text}\n" in _doc_blocks("text")
