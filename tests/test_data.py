@@ -432,12 +432,12 @@ def test_chat_template_errors(template, mode, message):
         tokenize_examples([Example(""), CONVERSATION], tok, chat_template=mode)
 
 
-def test_template_errors_name_the_record(templated, tmp_path):
-    templated = build_char_tokenizer(DEMO_ALPHABET + "\n")
-    templated.chat_template = "{{ raise_exception('no') }}"
+def test_template_errors_name_the_record(tmp_path):
+    tok = build_char_tokenizer(DEMO_ALPHABET + "\n")
+    tok.chat_template = "{{ raise_exception('no') }}"
     examples = load_examples(_write_jsonl(tmp_path, ["", _turn(content="a")]))
     with pytest.raises(DataError, match=r"d\.jsonl:2: the tokenizer's chat template failed"):
-        tokenize_examples(examples, templated)
+        tokenize_examples(examples, tok)
 
 
 def test_truncation_drops_rows_left_with_nothing_to_learn(templated):
