@@ -69,7 +69,16 @@ def _check(x: torch.Tensor, weights: torch.Tensor) -> None:
 
 
 def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A zero-copy view where possible (activations and gradients can be large)."""
     return t.detach().to(dtype).contiguous().numpy()
+
+
+def _numpy_copy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A copy, for parameters: ``Tensor.numpy()`` marks the storage it shares as not resizable,
+    and FSDP2 frees an unsharded parameter after use by resizing its storage to 0, so a
+    zero-copy view of a parameter fails there ("Trying to resize storage that is not
+    resizable"). Adapter parameters are small; copying them costs next to nothing."""
+    return t.detach().to(dtype, copy=True).contiguous().numpy()
 
 
 @torch.library.custom_op("qwthn::quantum_layer", mutates_args=())
@@ -87,7 +96,7 @@ def quantum_layer(
     """Expectation values ``x[..., n_inputs], weights[n_weights] -> [..., n_observables]``."""
     _check(x, weights)
     encoded = _encoded(n_qubits, n_inputs, n_weights, gates, params, constants, observables)
-    w = _numpy(weights, x.dtype)
+    w = _numpy_copy(weights, x.dtype)
     y = native.quantum_forward(encoded, _numpy(x, x.dtype), w, _threads())
     return torch.from_numpy(y)
 
@@ -116,7 +125,7 @@ def quantum_layer_backward(
     grad_x, grad_w = native.quantum_backward(
         encoded,
         _numpy(x, x.dtype),
-        _numpy(weights, x.dtype),
+        _numpy_copy(weights, x.dtype),
         _numpy(grad_out, x.dtype),
         _threads(),
     )
@@ -153,7 +162,7 @@ def mpo_linear(
 ) -> torch.Tensor:
     """``x[..., prod(in_modes)] -> [..., prod(out_modes)]`` through the MPO ``cores``."""
     _check_mpo(x, cores)
-    arrays = [_numpy(c, x.dtype) for c in cores]
+    arrays = [_numpy_copy(c, x.dtype) for c in cores]
     y = native.mpo_forward(in_modes, out_modes, _numpy(x, x.dtype), arrays, _threads())
     return torch.from_numpy(y)
 
@@ -177,7 +186,7 @@ def mpo_linear_backward(
         in_modes,
         out_modes,
         _numpy(x, x.dtype),
-        [_numpy(c, x.dtype) for c in cores],
+        [_numpy_copy(c, x.dtype) for c in cores],
         _numpy(grad_y, x.dtype),
         _threads(),
     )
