@@ -73,7 +73,7 @@ def test_adapter_flags_reach_the_config_and_custom_data(tmp_path):
         (["--target-modules", "qproj"], "Candidates"),
         (["--rank", "0"], "rank must be a positive integer"),
         (["--base-weights", "reference"], "needs --model"),
-        (["--model", "nowhere", "--data", "x.txt"], "is not a Hugging Face model directory"),
+        (["--model", "nowhere", "--data", "x.txt"], "not a packaged model name (known: smollm2"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, extra, message):

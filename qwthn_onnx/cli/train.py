@@ -43,6 +43,7 @@ from qwthn_onnx.demo import (
     pretrain_base,
 )
 from qwthn_onnx.mpo import MPOError
+from qwthn_onnx.pretrained import PACKAGED_MODELS, load_pretrained, locate_model
 from qwthn_onnx.training import TrainingArguments, train
 
 # Circuit IR per module is set with `qwthn-qasm load` (or replace_circuit), not on a command line.
@@ -77,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a causal LM with QWTHN adapters and write model.pt. "
         "Without --model: the embedded demo (tiny model, generated data, no downloads).",
     )
-    p.add_argument("--model", type=Path, help="local Hugging Face model directory (with tokenizer)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="base model: a Hugging Face model directory (with tokenizer), a .gguf file or a "
+        "directory holding one (converted once into a cache), or a packaged model name: "
+        + ", ".join(PACKAGED_MODELS),
+    )
     p.add_argument("--data", type=Path, help=".txt (one example per line) or .jsonl dataset")
     p.add_argument("-o", "--output", type=Path, default=Path("model.pt"), help="model.pt to write")
     p.add_argument("--adapter-dir", type=Path, help="also save the adapter alone (PEFT layout)")
@@ -85,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-weights",
         choices=("embed", "reference"),
         default="embed",
-        help="embed the base weights in model.pt, or reference the --model directory",
+        help="embed the base weights in model.pt, or reference the --model directory (for a "
+        "GGUF: its converted folder in the cache)",
     )
     demo = p.add_argument_group("embedded demo (without --model)")
     demo.add_argument("--arch", choices=sorted(DEMO_ARCHITECTURES), default="llama")
@@ -166,10 +174,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         raise ConfigError("--base-weights reference needs --model DIR (the demo base has none)")
     if not demo and args.data is None:
         raise DataError("--data is required with --model (a .txt or .jsonl dataset)")
-    if not demo and not (args.model / "config.json").is_file():
-        raise ModelFileError(
-            f"--model {args.model} is not a Hugging Face model directory (no config.json)"
-        )
+    source = None if demo else locate_model(args.model)
     config = _adapter_config(args, demo)
     examples = load_examples(args.data) if args.data is not None else None
     if examples is not None:
@@ -183,11 +188,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
             examples, test = demo_examples, demo_test
             training["dataset"] = f"generated:and_add:n={len(examples)}:seed={args.seed}"
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        base = AutoModelForCausalLM.from_pretrained(args.model)
-        training["base_model_path"] = str(args.model.resolve())
+        base, tokenizer, base_dir = load_pretrained(source, console=console)
+        training["base_model_path"] = str(base_dir)
+        training["base_model_source"] = source.to_dict()
 
     model = QWTHNModel(base, config)
     if not args.quiet:
@@ -217,7 +220,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         after = exact_match(model, tokenizer, test)
         console.print(f"held-out exact match after fine-tuning:  [bold]{after:.1%}[/]")
         training["eval_after"] = after
-    reference = args.model if args.base_weights == "reference" else None
+    reference = training["base_model_path"] if args.base_weights == "reference" else None
     path = save_model_pt(args.output, model, tokenizer, training, base_reference=reference)
     console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.adapter_dir:
