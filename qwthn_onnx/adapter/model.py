@@ -228,9 +228,12 @@ class QWTHNModel(nn.Module):
         return out
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter weights with PEFT-like keys ``base_model.model.<path>.qwthn.<param>``."""
+        """Adapter weights with PEFT-like keys ``base_model.model.<path>.qwthn.<param>``.
+
+        Under FSDP2 the parameters are shards (DTensors): they are gathered whole, which is a
+        collective, so every rank must call this (``save_adapter`` does it for you)."""
         return {
-            _KEY_PREFIX + key: value.detach().clone()
+            _KEY_PREFIX + key: _whole(value.detach()).clone()
             for key, value in self.base_model.state_dict().items()
             if ".qwthn." in key
         }
@@ -254,17 +257,45 @@ class QWTHNModel(nn.Module):
         stripped = {k[len(_KEY_PREFIX) :]: v for k, v in state.items()}
         self.base_model.load_state_dict(stripped, strict=False)
 
-    def save_adapter(self, directory: str | Path) -> Path:
+    def save_adapter(self, directory: str | Path, *, is_main_process: bool = True) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors`` as one atomic directory,
-        so an interrupted save never pairs new weights with an old config."""
+        so an interrupted save never pairs new weights with an old config.
+
+        In a distributed run call it on every rank (FSDP2 shards are gathered collectively)
+        and let only the main process write, as with ``save_pretrained(is_main_process=...)``.
+        """
         directory = Path(directory)
-        check_adapter_directory(directory)
-        with atomic_directory(directory) as tmp:
-            # atomic_path for the file mode: safetensors creates owner-only (0600) files
-            with atomic_path(tmp / ADAPTER_WEIGHTS_NAME) as weights:
-                save_file(self.adapter_state_dict(), weights, metadata=_WEIGHTS_METADATA)
-            self.qwthn_config.save(tmp)
+        if is_main_process:
+            check_adapter_directory(directory)
+        state = self.adapter_state_dict()
+        if is_main_process:
+            with atomic_directory(directory) as tmp:
+                _write_adapter_files(tmp, state, self.qwthn_config)
         return directory
+
+    def write_adapter_files(self, directory: str | Path) -> None:
+        """Write the adapter's two files into an existing directory that holds other files too
+        (a Trainer checkpoint, next to its optimizer state), each file replaced atomically.
+        ``save_adapter`` is for a directory of the adapter's own."""
+        _write_adapter_files(Path(directory), self.adapter_state_dict(), self.qwthn_config)
+
+    def load_adapter_weights(self, directory: str | Path) -> None:
+        """Load the weights of the adapter saved in ``directory`` (by ``save_adapter`` or a
+        Trainer checkpoint) into this model, e.g. to resume training. Its configuration must
+        match this model's (the simulator choice aside), so that the weights mean the same."""
+        config, state = _read_adapter(directory)
+        differ = [
+            f.name
+            for f in dataclasses.fields(QWTHNConfig)
+            if f.name != "quantum_backend"
+            and getattr(config, f.name) != getattr(self.qwthn_config, f.name)
+        ]
+        if differ:
+            raise AdapterError(
+                f"the adapter in {directory} was configured differently from this model "
+                f"(fields {differ}); attach it to a fresh base model with load_adapter()"
+            )
+        self.load_adapter_state_dict(state)
 
     def replace_circuit(self, module: str, circuit: Circuit) -> None:
         """Run ``circuit`` in adapted ``module`` instead of its current one (e.g. a program
@@ -381,8 +412,26 @@ def check_adapter_directory(directory: str | Path) -> None:
             )
 
 
-def load_adapter(base_model: nn.Module, directory: str | Path) -> QWTHNModel:
-    """Attach the adapter saved in ``directory`` to ``base_model`` (PEFT's from_pretrained)."""
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The full tensor of an FSDP2 shard (a DTensor; gathering it is a collective), else itself."""
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, DTensor):
+            return tensor.full_tensor()
+    return tensor
+
+
+def _write_adapter_files(
+    directory: Path, state: dict[str, torch.Tensor], config: QWTHNConfig
+) -> None:
+    # atomic_path for the file mode too: safetensors creates owner-only (0600) files
+    with atomic_path(directory / ADAPTER_WEIGHTS_NAME) as weights:
+        save_file(state, weights, metadata=_WEIGHTS_METADATA)
+    config.save(directory)
+
+
+def _read_adapter(directory: str | Path) -> tuple[QWTHNConfig, dict[str, torch.Tensor]]:
     directory = Path(directory)
     config = QWTHNConfig.load(directory)
     path = directory / ADAPTER_WEIGHTS_NAME
@@ -392,6 +441,13 @@ def load_adapter(base_model: nn.Module, directory: str | Path) -> QWTHNModel:
         raise AdapterError(f"{path} not found: save the adapter with save_adapter()") from e
     except SafetensorError as e:
         raise AdapterError(f"{path} is not a valid safetensors file: {e}") from e
+    return config, state
+
+
+def load_adapter(base_model: nn.Module, directory: str | Path) -> QWTHNModel:
+    """Attach the adapter saved in ``directory`` to ``base_model`` (PEFT's from_pretrained).
+    A Trainer checkpoint directory of a QWTHN model works too."""
+    config, state = _read_adapter(directory)
     model = QWTHNModel(base_model, config)
     model.load_adapter_state_dict(state)
     return model

@@ -62,6 +62,12 @@ def _require_kernel(error: type[Exception], alternative: str, *tensors: torch.Te
         raise error(f"the C++ kernel runs on CPU tensors, got {devices[0]}; {alternative}")
     if not native.available():
         raise error("the C++ kernel (qwthn_onnx._native) is not built; reinstall with a compiler")
+    x = tensors[0]  # the input's dtype is the one the kernel computes in
+    if x.dtype not in (torch.float32, torch.float64):
+        raise error(
+            f"the C++ kernel computes in float32 or float64, got {x.dtype} (bf16/fp16 autocast "
+            "must not reach the adapter); cast the input to float32"
+        )
 
 
 def _check(x: torch.Tensor, weights: torch.Tensor) -> None:

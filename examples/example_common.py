@@ -1,0 +1,92 @@
+"""What the examples share: the base model (the tiny demo model, or your Hugging Face folder),
+the adapter flags, the demo data and how a mistake is reported (a message and exit status 2,
+no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qwthn_onnx import AdapterError, ConfigError, DataError, QWTHNConfig, QWTHNModel
+from qwthn_onnx.data import Example, load_examples
+from qwthn_onnx.demo import build_char_tokenizer, build_tiny_model, finetune_task
+
+USER_ERRORS = (AdapterError, ConfigError, DataError, OSError)
+
+
+class UsageError(Exception):
+    """A flag combination or launch that cannot work; the message says what to do instead."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a Hugging Face model folder (config.json, weights, tokenizer); "
+        "default: a tiny randomly initialised Llama, built offline",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="a .jsonl/.json/.txt dataset (alpaca, messages, prompt/completion, text; see "
+        "docs/data.md); default: generated arithmetic ('23&58=' -> '81')",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    adapter = parser.add_argument_group("adapter (QWTHNConfig; smaller than the paper's)")
+    adapter.add_argument("--rank", type=positive_int, default=8)
+    adapter.add_argument("--n-qubits", type=positive_int, default=4)
+    adapter.add_argument("--n-layers", type=positive_int, default=2)
+
+
+def load_base(model_dir: Path | None, seed: int) -> tuple[Any, Any]:
+    """``(base_model, tokenizer)``: the tiny demo pair, or the folder's, in float32."""
+    if model_dir is None:
+        tokenizer = build_char_tokenizer()
+        return build_tiny_model(tokenizer, "llama", seed=seed), tokenizer
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"--model {model_dir} is not a Hugging Face model folder (no config.json)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return base, tokenizer
+
+
+def adapt(base: Any, args: argparse.Namespace) -> QWTHNModel:
+    """Wrap the base in QWTHN adapters (default targets, e.g. q_proj/v_proj); the base freezes."""
+    torch.manual_seed(args.seed)  # the same adapter initialisation in every process
+    config = QWTHNConfig(rank=args.rank, n_qubits=args.n_qubits, n_layers=args.n_layers)
+    return QWTHNModel(base, config)
+
+
+def examples(args: argparse.Namespace, n_demo: int = 256) -> list[Example]:
+    """The ``--data`` file's examples, or ``n_demo`` generated ones."""
+    if args.data is not None:
+        return load_examples(args.data)
+    return finetune_task(n_train=n_demo, n_test=0, seed=args.seed)[0]
+
+
+def run_main(run: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """Run ``run(argv)``; a user's mistake prints ``error: ...`` and gives exit status 2."""
+    try:
+        run(argv)
+    except (UsageError, *USER_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

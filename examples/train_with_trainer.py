@@ -1,0 +1,89 @@
+"""Fine-tune QWTHN adapters with transformers' ``Trainer``.
+
+    python examples/train_with_trainer.py                        # tiny demo model, no downloads
+    python examples/train_with_trainer.py --model DIR --data train.jsonl --output out
+    python examples/train_with_trainer.py --resume               # from the last checkpoint
+
+OUTPUT/checkpoint-N/ and OUTPUT/ hold the adapter, as PEFT's do: adapter_config.json and
+adapter_model.safetensors (no copy of the frozen base). Attach it to a base model with
+``qwthn_onnx.load_adapter(base, "OUTPUT")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from example_common import (
+    UsageError,
+    adapt,
+    add_common_arguments,
+    examples,
+    load_base,
+    positive_int,
+    run_main,
+)
+from torch.utils.data import StackDataset
+from transformers import TrainingArguments
+
+from qwthn_onnx.data import tokenize_examples
+from qwthn_onnx.integrations import QWTHNTrainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--output", type=Path, default=Path("qwthn-trainer"))
+    parser.add_argument("--steps", type=positive_int, default=60)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--save-steps", type=positive_int, default=20)
+    parser.add_argument("--max-length", type=positive_int, default=256)
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+        help="continue from OUTPUT's last checkpoint, or from CHECKPOINT",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> QWTHNTrainer:
+    args = build_parser().parse_args(argv)
+    if args.resume is True and not args.output.is_dir():
+        raise UsageError(f"--resume: {args.output} holds no checkpoint yet; train without it first")
+    base, tokenizer = load_base(args.model, args.seed)
+    model = adapt(base, args)  # the base is frozen; only adapter parameters train
+
+    # Right-padded rows with labels -100 where no loss falls (the prompt, the padding).
+    data = tokenize_examples(examples(args), tokenizer, args.max_length)
+    dataset = StackDataset(
+        input_ids=data.input_ids, attention_mask=data.attention_mask, labels=data.labels
+    )
+
+    training_args = TrainingArguments(
+        output_dir=str(args.output),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        save_steps=args.save_steps,
+        logging_steps=1,
+        seed=args.seed,
+        report_to="none",
+        disable_tqdm=args.quiet,
+    )
+    # QWTHNTrainer is Trainer, except that checkpoints hold the adapter, not the frozen base.
+    trainer = QWTHNTrainer(model=model, args=training_args, train_dataset=dataset)
+    trainer.train(resume_from_checkpoint=args.resume)
+    trainer.save_model()  # the final adapter, in OUTPUT/
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
+    return trainer
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(run))

@@ -1,0 +1,111 @@
+"""Fine-tune QWTHN adapters on chat data with TRL's ``SFTTrainer``.
+
+    python examples/train_with_trl.py                            # tiny demo model, no downloads
+    python examples/train_with_trl.py --model DIR --data chat.jsonl --output out
+
+The data become records in TRL's formats (``{"messages": [...]}`` conversations, trained on
+assistant turns only; ``{"prompt", "completion"}`` plain records, trained on the completion),
+rendered with the model's chat template. OUTPUT/ holds the adapter, as in the Trainer example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from datasets import Dataset
+from example_common import (
+    UsageError,
+    adapt,
+    add_common_arguments,
+    examples,
+    load_base,
+    positive_int,
+    run_main,
+)
+from trl import SFTConfig
+
+from qwthn_onnx.data import Example, Message
+from qwthn_onnx.integrations import QWTHNSFTTrainer, sft_records
+
+# The demo tokenizer has one token per character and no chat template: this one renders a
+# conversation as "<bos>23&58=81<eos>" and marks the assistant's reply (with its end-of-turn
+# token) with TRL's {% generation %} tags, so that only the reply is trained.
+DEMO_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + eos_token }}"
+    "{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--output", type=Path, default=Path("qwthn-sft"))
+    parser.add_argument("--steps", type=positive_int, default=60)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--save-steps", type=positive_int, default=20)
+    parser.add_argument("--max-length", type=positive_int, default=256)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def chat_examples(args: argparse.Namespace) -> list[Example]:
+    """The ``--data`` file, or the demo task as one-turn conversations."""
+    loaded = examples(args)
+    if args.data is not None:
+        return loaded
+    return [
+        Example(messages=(Message("user", ex.prompt), Message("assistant", ex.completion, True)))
+        for ex in loaded
+    ]
+
+
+def run(argv: list[str] | None = None) -> QWTHNSFTTrainer:
+    args = build_parser().parse_args(argv)
+    base, tokenizer = load_base(args.model, args.seed)
+    if args.model is None:
+        tokenizer.chat_template = DEMO_CHAT_TEMPLATE
+    model = adapt(base, args)
+
+    records = sft_records(chat_examples(args))
+    conversational = "messages" in records[0]
+    if conversational and tokenizer.chat_template is None:
+        raise UsageError(
+            f"the tokenizer of {args.model} has no chat template, which conversations need; "
+            "use an instruct model, or plain prompt/completion records"
+        )
+    config = SFTConfig(
+        output_dir=str(args.output),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        save_steps=args.save_steps,
+        logging_steps=1,
+        max_length=args.max_length,
+        assistant_only_loss=conversational,  # loss on the assistant's turns only
+        bf16=False,  # TRL's default is bf16; the adapter's circuit needs float32
+        seed=args.seed,
+        report_to="none",
+        disable_tqdm=args.quiet,
+    )
+    # peft_config stays None: the model already carries its (QWTHN) adapters.
+    trainer = QWTHNSFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model()
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
+    return trainer
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(run))
