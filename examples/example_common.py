@@ -12,11 +12,19 @@ from typing import Any
 
 import torch
 
-from qwthn_onnx import AdapterError, ConfigError, DataError, QWTHNConfig, QWTHNModel
+from qwthn_onnx import (
+    AdapterError,
+    ConfigError,
+    DataError,
+    ModelFileError,
+    QWTHNConfig,
+    QWTHNModel,
+)
 from qwthn_onnx.data import Example, load_examples
 from qwthn_onnx.demo import build_char_tokenizer, build_tiny_model, finetune_task
+from qwthn_onnx.pretrained import PACKAGED_MODELS, resolve_model
 
-USER_ERRORS = (AdapterError, ConfigError, DataError, OSError)
+USER_ERRORS = (AdapterError, ConfigError, DataError, ModelFileError, OSError)
 
 
 class UsageError(Exception):
@@ -37,9 +45,10 @@ def positive_int(text: str) -> int:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        type=Path,
-        help="a Hugging Face model folder (config.json, weights, tokenizer); "
-        "default: a tiny randomly initialised Llama, built offline",
+        help="a Hugging Face model folder (config.json, weights, tokenizer), a .gguf file (or "
+        "a folder holding one; converted once into a cache) or a packaged model name ("
+        + ", ".join(PACKAGED_MODELS)
+        + "); default: a tiny randomly initialised Llama, built offline",
     )
     parser.add_argument(
         "--data",
@@ -54,18 +63,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     adapter.add_argument("--n-layers", type=positive_int, default=2)
 
 
-def load_base(model_dir: Path | None, seed: int) -> tuple[Any, Any]:
-    """``(base_model, tokenizer)``: the tiny demo pair, or the folder's, in float32."""
-    if model_dir is None:
+def load_base(model: str | None, seed: int) -> tuple[Any, Any]:
+    """``(base_model, tokenizer)``: the tiny demo pair, or ``--model``'s, in float32."""
+    if model is None:
         tokenizer = build_char_tokenizer()
         return build_tiny_model(tokenizer, "llama", seed=seed), tokenizer
-    if not (model_dir / "config.json").is_file():
-        raise UsageError(f"--model {model_dir} is not a Hugging Face model folder (no config.json)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    return base, tokenizer
+    folder = resolve_model(model)  # a Hugging Face folder; a GGUF is converted (once)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tokenizer
 
 
 def adapt(base: Any, args: argparse.Namespace) -> QWTHNModel:

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from qwthn_onnx.adapter import QWTHNModel, check_adapter_directory
 from qwthn_onnx.data import TokenizedData, tokenize_examples
+from qwthn_onnx.pretrained import locate_model, resolve_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,12 +103,8 @@ def run(argv: list[str] | None = None) -> None:
             "processes; use a multiple of the process count"
         )
     check_adapter_directory(args.output)
-
-    base, tokenizer = load_base(args.model, args.seed)
-    model = adapt(base, args)  # identical in every process: same weights, same seed
-    data = tokenize_examples(examples(args), tokenizer, args.max_length)
-    if args.global_batch_size > len(data):
-        raise UsageError(f"--global-batch-size {args.global_batch_size} > {len(data)} examples")
+    if args.model is not None:
+        locate_model(args.model)  # a wrong --model fails here, in every process alike
 
     if world > 1 or args.strategy != "none":
         if "MASTER_ADDR" not in os.environ:  # plain python: a process group of one
@@ -115,6 +112,15 @@ def run(argv: list[str] | None = None) -> None:
         else:
             dist.init_process_group("gloo")
     try:
+        if args.model is not None and world > 1:
+            if rank == 0:
+                resolve_model(args.model)  # a GGUF is converted once, by one process
+            dist.barrier()
+        base, tokenizer = load_base(args.model, args.seed)
+        model = adapt(base, args)  # identical in every process: same weights, same seed
+        data = tokenize_examples(examples(args), tokenizer, args.max_length)
+        if args.global_batch_size > len(data):
+            raise UsageError(f"--global-batch-size {args.global_batch_size} > {len(data)} examples")
         train(model, data, args, rank, world)
     finally:
         if dist.is_initialized():
