@@ -158,7 +158,7 @@ def test_examples_report_misuse_without_a_traceback(tmp_path, capsys):
     example = load_example("train_with_trainer")
     common = load_example("example_common")
     assert common.run_main(example.run, ["--model", str(tmp_path)]) == 2
-    assert "not a Hugging Face model folder (no config.json)" in capsys.readouterr().err
+    assert "neither a Hugging Face model directory" in capsys.readouterr().err
     missing = ["--output", str(tmp_path / "none"), "--resume"]
     assert common.run_main(example.run, missing) == 2
     assert "holds no checkpoint yet" in capsys.readouterr().err
