@@ -1,20 +1,37 @@
 """``QuantumLayer`` as a function of standard ONNX ops, generated from a circuit.
 
-onnxruntime has no complex tensors, so the state is two float tensors ``[B, 2^n]`` (real and
-imaginary parts). Gate formulas are not written by hand: every gate's matrix has the form
-``M(t) = C + A cos(f t) + B sin(f t)`` with ``f`` in {1/2, 1}, so three evaluations of the gate
-table's own matrix function give ``A, B, C`` (and a fourth, at a random angle, checks it). Then:
+Why the body looks like this: a runtime without our op library inlines one copy of this body
+per ``QuantumLayer`` node, and onnxruntime's inliner and optimiser (constant folding of the
+weight-only subgraphs) take time superlinear in the inlined graph. A model with 60 adapters of
+the paper's 10-qubit, 10-layer circuit took ~7 minutes to load with a body of one small group
+of nodes per gate (5,933 nodes); the body is therefore vectorised over gates, so its size grows
+with the number of gate *runs*, not gates (~650 nodes for that circuit, ~50x faster to load).
 
-- runs of diagonal gates (rz, crz, rzz, cz, p, ...) are one phase: each contributes an angle
-  ``a(k) t + b(k)`` per basis state, the run's angles are summed, and one cos/sin and one
-  complex multiply apply it (a whole CRZ ring is one multiply);
-- runs of permutation gates (x, cx, swap) are one ``Gather`` with a composed index;
-- any other gate is an ``Einsum`` of its 2x2 / 4x4 matrix with the state, real and imaginary
-  parts apart (per-sample matrices when the gate reads an input).
+Representation: onnxruntime has no complex tensors, so a complex tensor is a real one with a
+leading "stack" axis: ``[1, ...]`` when it is known to be real, ``[re; im]`` = ``[2, ...]``
+otherwise. The state is ``[S, B or 1, 2^n]`` (qubit q is bit q of the basis index); a real
+operator (RY, H, CX) acts on both parts with one op, and a complex product ``K * T`` is
+``K * T_re + J(K) * T_im`` with ``J(K) = [-K_im; K_re]``, weight-only and constant-folded.
+Gate matrices are not written by hand: every gate's matrix is ``C + A cos(f t) + B sin(f t)``
+with ``f`` in {1/2, 1}, found from the gate table's own matrix function. Then:
+
+- the leading one-qubit gates of every qubit give a product state: all their matrices are
+  built at once (one ``Gather`` of the angles, one ``Cos``/``Sin``, ``C + A cos + B sin`` over a
+  ``[S, B, G, 2, 2]`` stack), multiplied per qubit by depth, and the state's ``2^n`` amplitudes
+  are one ``Gather`` of per-qubit amplitudes and a ``ReduceProd``;
+- a run of other one-qubit, non-diagonal gates is the same stack, then Kronecker blocks of up
+  to ``KRON_BLOCK`` consecutive qubits (``Gather`` + ``ReduceProd`` again), each applied to the
+  state with one broadcast ``MatMul``;
+- a run of diagonal gates (rz, crz, cz, p, ...) is one phase ``const + theta @ S`` per basis
+  state (one ``Gather``, one ``MatMul`` with a constant slope matrix), one ``Cos``/``Sin`` and
+  one complex multiply: a whole CRZ ring is a handful of nodes;
+- a run of permutation gates (x, cx, swap) is one ``Gather`` with a composed index;
+- any other (two-qubit) gate is a ``MatMul`` with its 4x4 matrix, between two ``Gather``s
+  that move its wires to the lowest bits and back.
 
 Expectations: observables are grouped by their X/Y flip mask ``m``;
 ``<P> = Re sum_k conj(psi_k) c_k psi_{k^m}`` with a constant phase ``c_k`` per observable, i.e.
-two MatMuls per group.
+one ``MatMul`` (two with imaginary phases) per group.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,12 +50,16 @@ from onnx import helper, numpy_helper
 from qwthn_onnx.circuit import GATES, Circuit, Gate, Param
 from qwthn_onnx.ops.schemas import DOMAIN
 
-__all__ = ["quantum_layer_function"]
+__all__ = ["KRON_BLOCK", "MIN_OPSET", "quantum_layer_function"]
 
 ENCODING_ATTRIBUTES = (
     "encoding_version", "n_qubits", "n_inputs", "n_weights",
     "gates", "params", "constants", "observables",
 )  # fmt: skip
+
+MIN_OPSET = 15  # CastLike
+KRON_BLOCK = 5  # qubits per fused one-qubit block: one 32x32 matrix per block
+FREQUENCIES = (0.5, 1.0)  # f in M(t) = C + A cos(f t) + B sin(f t)
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,13 @@ def _frozen(*arrays: np.ndarray) -> None:
         array.setflags(write=False)
 
 
+def _snapped(m: np.ndarray) -> np.ndarray:
+    """Rounding noise of the probes (sin(pi) ~ 1e-16) set to 0, so zero terms stay out."""
+    return np.where(np.abs(m.real) < 1e-12, 0, m.real) + 1j * np.where(
+        np.abs(m.imag) < 1e-12, 0, m.imag
+    )
+
+
 @functools.cache
 def _trig(name: str) -> _Trig:
     """Per gate type, computed once (a circuit repeats a handful of gate types many times)."""
@@ -70,11 +99,12 @@ def _trig(name: str) -> _Trig:
         _frozen(m, zeros)
         return _Trig(1.0, zeros, zeros, m)
     probe = 0.7312
-    for f in (0.5, 1.0):
+    for f in FREQUENCIES:
         m0, m_pi, m_half = (_matrix(name, x / f) for x in (0.0, math.pi, math.pi / 2))
         a, c = (m0 - m_pi) / 2, (m0 + m_pi) / 2
         b = m_half - c
         if np.allclose(c + a * math.cos(f * probe) + b * math.sin(f * probe), _matrix(name, probe)):
+            a, b, c = (_snapped(m) for m in (a, b, c))
             _frozen(a, b, c)
             return _Trig(f, a, b, c)
     raise NotImplementedError(f"gate {name!r} is not of the form C + A cos(ft) + B sin(ft)")
@@ -108,14 +138,38 @@ def _local_index(n_qubits: int, wires: tuple[int, ...]) -> np.ndarray:
     return local
 
 
+def _bits(values: np.ndarray, bit: int) -> np.ndarray:
+    return (values >> bit) & 1
+
+
+@dataclass(frozen=True)
+class _Complex:
+    """A complex tensor as a real one with a leading stack axis: ``[1, ...]`` if real, else
+    ``[re; im]``. ``batched``: axis 1 is the batch (else it has size 1 and broadcasts)."""
+
+    name: str
+    complex: bool
+    batched: bool
+
+
 @dataclass
 class _Builder:
-    """Emits nodes with unique names into one function body."""
+    """Emits nodes with unique names into one function body, and the shared angle sources."""
 
-    n_qubits: int
+    circuit: Circuit
+    opset: int
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     counter: itertools.count = field(default_factory=itertools.count)
     constants: dict[tuple, str] = field(default_factory=dict)
+    shared: dict[str, str] = field(default_factory=dict)
+    const_angles: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # theta = [weights..., 0, const angles...]: every weight or constant angle is one index.
+        values = [0.0] + [
+            p.value for g in self.circuit.gates for p in g.params if p.kind == "const"
+        ]
+        self.const_angles = list(dict.fromkeys(values))
 
     def name(self, hint: str) -> str:
         return f"{hint}_{next(self.counter)}"
@@ -124,6 +178,11 @@ class _Builder:
         out = self.name(hint or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
+
+    def multi(self, op_type: str, inputs: list[str], n: int, hint: str, **attrs) -> list[str]:
+        outs = [self.name(hint) for _ in range(n)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        return outs
 
     def const(
         self, value: np.ndarray | float | list, hint: str = "c", float_like: bool = True
@@ -139,46 +198,372 @@ class _Builder:
             self.constants[key] = self.op("CastLike", [out, "x2"], hint) if float_like else out
         return self.constants[key]
 
+    def ints(self, values: np.ndarray | list, hint: str = "i") -> str:
+        return self.const(values, hint, float_like=False)
 
-def _angle(b: _Builder, p: Param, cache: dict[Param, str]) -> str:
-    """The parameter's value: ``[B, 1]`` for inputs, ``[1]`` for weights and constants."""
-    if p not in cache:
-        if p.kind == "input":
-            index = b.const([int(p.value)], "idx", float_like=False)
-            cache[p] = b.op("Gather", ["x2", index], "theta", axis=1)
-        elif p.kind == "weight":
-            index = b.const([int(p.value)], "idx", float_like=False)
-            cache[p] = b.op("Gather", ["weights_cast", index], "theta", axis=0)
+    def reduce(self, op_type: str, x: str, axis: int, hint: str) -> str:
+        """``op_type`` over one axis, dropped (axes became an input in opset 18)."""
+        if self.opset >= 18 or op_type == "ReduceSum":
+            return self.op(op_type, [x, self.ints([axis], "axes")], hint, keepdims=0)
+        return self.op(op_type, [x], hint, axes=[axis], keepdims=0)
+
+    def split(self, x: str, n: int, axis: int, hint: str) -> list[str]:
+        """``n`` equal parts along ``axis`` (``num_outputs`` is required from opset 18)."""
+        attrs = {"num_outputs": n} if self.opset >= 18 else {}
+        return self.multi("Split", [x], n, hint, axis=axis, **attrs)
+
+    def cached(self, key: str, build: Callable[[], str]) -> str:
+        if key not in self.shared:
+            self.shared[key] = build()
+        return self.shared[key]
+
+    # Angle sources ---------------------------------------------------------------------------
+
+    def theta_index(self, p: Param | None) -> int:
+        """Index into ``theta``; ``None`` (a parameterless gate) points at the constant 0."""
+        if p is not None and p.kind == "weight":
+            return int(p.value)
+        value = 0.0 if p is None else p.value
+        return self.circuit.n_weights + self.const_angles.index(value)
+
+    def theta(self) -> str:
+        """``[n_weights + n_const]``: the weights, then the circuit's constant angles."""
+        return self.cached(
+            "theta",
+            lambda: self.op(
+                "Concat", ["weights_cast", self.const(self.const_angles, "angles")], axis=0
+            ),
+        )
+
+    def batch(self) -> str:
+        """``[1]``: the flattened batch size."""
+        return self.cached("batch", lambda: self.op("Shape", ["x2"], "batch", start=0, end=1))
+
+    def inputs(self) -> str:
+        """``[n_inputs, B]``: x2 transposed, for gathers of rows."""
+        return self.cached("inputs", lambda: self.op("Transpose", ["x2"], "xt", perm=[1, 0]))
+
+    def trig_source(self, batched: bool) -> str:
+        """Angles ``f t`` for every f in :data:`FREQUENCIES`: ``[len]``, or ``[B, len]`` with
+        the inputs' first."""
+
+        def scaled(x: str) -> list[str]:
+            return [
+                x if f == 1.0 else self.op("Mul", [x, self.const(f)], "ft") for f in FREQUENCIES
+            ]
+
+        def unbatched() -> str:
+            return self.op("Concat", scaled(self.theta()), "trig_src", axis=0)
+
+        def batched_source() -> str:
+            theta = self.op("Unsqueeze", [self.trig_source(False), self.ints([0], "axes")])
+            size = self.ints([2 * (self.circuit.n_weights + len(self.const_angles))], "size")
+            shape = self.op("Concat", [self.batch(), size], "shape", axis=0)
+            expanded = self.op("Expand", [theta, shape], "trig_src")
+            return self.op("Concat", [*scaled("x2"), expanded], "trig_src", axis=1)
+
+        return self.cached(f"trig_{batched}", batched_source if batched else unbatched)
+
+    def trig_index(self, p: Param | None, f: float, batched: bool) -> int:
+        """Index of ``f * p`` in :meth:`trig_source`."""
+        n_theta = self.circuit.n_weights + len(self.const_angles)
+        offset = 2 * self.circuit.n_inputs if batched else 0
+        if p is not None and p.kind == "input":
+            return FREQUENCIES.index(f) * self.circuit.n_inputs + int(p.value)
+        return offset + FREQUENCIES.index(f) * n_theta + self.theta_index(p)
+
+    # Complex arithmetic ----------------------------------------------------------------------
+
+    def conj_swap(self, k: str) -> str:
+        """``J(K) = [-K_im; K_re]`` of a complex stacked tensor."""
+        re, im = self.split(k, 2, 0, "k")
+        return self.op("Concat", [self.op("Neg", [im]), re], "jk", axis=0)
+
+    def embed(self, k: str) -> str:
+        """``E = [[K_re, -K_im], [K_im, K_re]]``, ``[2, 2, ...]`` (out part, in part), so that
+        ``K * T = sum_s E[:, s] * T[s]`` is one op and a ReduceSum."""
+        column = self.op("Unsqueeze", [k, self.ints([1], "axes")], "k")  # [2, 1, ...]
+        return self.op("Concat", [column, self.conj_swap(column)], "e", axis=1)
+
+    def cmul(self, op: Callable[[str, str], str], k: _Complex, t: _Complex) -> _Complex:
+        """The complex bilinear ``op(K, T)`` (Mul, MatMul, ...: stack axes broadcast)."""
+        if k.complex and t.complex:
+            return self.cmul_embedded(op, self.embed(k.name), t, k.batched)
+        return _Complex(op(k.name, t.name), k.complex or t.complex, k.batched or t.batched)
+
+    def cmul_embedded(
+        self, op: Callable[[str, str], str], embedded: str, t: _Complex, batched: bool
+    ) -> _Complex:
+        """``op(K, T)`` for a complex T, given ``E = embed(K)``; ``batched``: K's."""
+        product = self.reduce("ReduceSum", op(embedded, t.name), 1, "z")
+        return _Complex(product, True, batched or t.batched)
+
+
+def _gate_stack(b: _Builder, gates: list[Gate | None]) -> _Complex:
+    """The matrices of same-size gates as ``[S, 1 or B, G, d, d]``; ``None`` is the identity.
+
+    One Gather of all angles, one Cos and one Sin, then ``C + A cos + B sin`` with per-gate
+    constant stacks (terms that are zero for every gate are left out).
+    """
+    real_gate = next(g for g in gates if g is not None)
+    d = 2 ** len(real_gate.wires)
+    identity = _Trig(1.0, np.zeros((d, d)), np.zeros((d, d)), np.eye(d))
+    trigs = [identity if g is None else _trig(g.name) for g in gates]
+    params = [None if g is None or not g.params else g.params[0] for g in gates]
+    batched = any(p is not None and p.kind == "input" for p in params)
+    parts = {key: np.stack([getattr(t, key) for t in trigs]) for key in "abc"}
+    stack = 2 if any(np.any(part.imag) for part in parts.values()) else 1
+
+    def stacked(part: np.ndarray) -> str:  # [S, 1, G, d, d]
+        return b.const(np.stack([part.real, part.imag][:stack])[:, None], "m")
+
+    terms = [stacked(parts["c"])] if np.any(parts["c"]) else []
+    if np.any(parts["a"]) or np.any(parts["b"]):
+        index = [b.trig_index(p, t.f, batched) for p, t in zip(params, trigs, strict=True)]
+        angles = b.op(
+            "Gather",
+            [b.trig_source(batched), b.ints(np.reshape(index, (-1, 1, 1)), "idx")],
+            "angle",
+            axis=int(batched),
+        )  # [G, 1, 1] or [B, G, 1, 1]
+        for key, trig_op in (("a", "Cos"), ("b", "Sin")):
+            if np.any(parts[key]):
+                terms.append(b.op("Mul", [stacked(parts[key]), b.op(trig_op, [angles])], "m"))
+    total = terms[0]
+    for term in terms[1:]:
+        total = b.op("Add", [total, term], "m")
+    return _Complex(total, stack == 2, batched)
+
+
+def _per_qubit(b: _Builder, gates: list[Gate], qubits: list[int]) -> _Complex:
+    """Per qubit of ``qubits``, the product of its one-qubit gates: ``[S, 1 or B, Q, 2, 2]``.
+
+    The gates' matrices are stacked depth-major; depth d's matrices are gathered (identity for
+    qubits with fewer gates) and multiplied onto the product of the earlier depths.
+    """
+    by_qubit: dict[int, list[Gate]] = {q: [] for q in qubits}
+    for gate in gates:
+        by_qubit[gate.wires[0]].append(gate)
+    depth = max(len(run) for run in by_qubit.values())
+    order = [run[d] for d in range(depth) for run in by_qubit.values() if d < len(run)]
+    ragged = any(len(run) < depth for run in by_qubit.values())
+    stack = _gate_stack(b, [*order, None] if ragged else order)
+    if depth == 1 and not ragged:
+        return stack
+    position = {id(gate): i for i, gate in enumerate(order)}
+    product = None
+    for d in range(depth):
+        index = [position[id(run[d])] if d < len(run) else len(order) for run in by_qubit.values()]
+        name = b.op("Gather", [stack.name, b.ints(index, "idx")], "m", axis=2)
+        layer = _Complex(name, stack.complex, stack.batched)
+        product = layer if product is None else b.cmul(_matmul(b), layer, product)
+    return product
+
+
+def _matmul(b: _Builder) -> Callable[[str, str], str]:
+    return lambda k, t: b.op("MatMul", [k, t], "mm")
+
+
+def _mul(b: _Builder) -> Callable[[str, str], str]:
+    return lambda k, t: b.op("Mul", [k, t], "mul")
+
+
+def _batch_last(b: _Builder, matrices: _Complex) -> _Complex:
+    """``[S, 1 or B, G, d, d]`` -> ``[S, G, d, d, 1, 1 or B]``, the state's batch axis last."""
+    moved = b.op("Transpose", [matrices.name], "m", perm=[0, 2, 3, 4, 1])
+    expanded = b.op("Unsqueeze", [moved, b.ints([4], "axes")], "m")
+    return _Complex(expanded, matrices.complex, matrices.batched)
+
+
+def _kron(b: _Builder, flat: _Complex, index: np.ndarray) -> _Complex:
+    """``prod_t flat[:, index[t, ...]]``: axis 1 of ``flat`` is replaced by ``index.shape[1:]``.
+
+    ``flat`` holds per-qubit 2x2 matrices, row-major, on axis 1: an entry of a Kronecker
+    product of them (or of their first columns, a product state) is one Gather of its factors
+    and their product (ReduceProd, or a chain of complex multiplies).
+    """
+    factors = b.op("Gather", [flat.name, b.ints(index, "kron_idx")], "factors", axis=1)
+    if not flat.complex:
+        return _Complex(b.reduce("ReduceProd", factors, 1, "kron"), False, flat.batched)
+    n = index.shape[0]
+    product = _Complex(b.split(factors, n, 1, "factor")[0], True, flat.batched)
+    for embedded in b.split(b.embed(factors), n, 2, "factor")[1:]:
+        product = b.cmul_embedded(_mul(b), embedded, product, flat.batched)
+    squeezed = b.op("Squeeze", [product.name, b.ints([1], "axes")], "kron")
+    return _Complex(squeezed, True, flat.batched)
+
+
+def _blocks(qubits: list[int]) -> list[list[int]]:
+    """Runs of up to :data:`KRON_BLOCK` consecutive qubits, each descending, most significant
+    run first. Chunks are cut from the bottom of each run of consecutive qubits, so that a
+    short remainder sits above: a block applied at the low bits costs one small GEMM per
+    ``2^(n - g)`` higher index, and short blocks there would multiply those calls."""
+    runs: list[list[int]] = []
+    for q in sorted(qubits, reverse=True):
+        if runs and runs[-1][-1] == q + 1:
+            runs[-1].append(q)
         else:
-            cache[p] = b.const([float(p.value)], "theta")
-    return cache[p]
+            runs.append([q])
+    blocks = []
+    for run in runs:
+        cut = len(run) % KRON_BLOCK or KRON_BLOCK
+        blocks += [run[:cut]] + [run[i : i + KRON_BLOCK] for i in range(cut, len(run), KRON_BLOCK)]
+    return blocks
 
 
-def _complex_mul(b: _Builder, xr: str, xi: str, yr: str, yi: str) -> tuple[str, str]:
-    re = b.op("Sub", [b.op("Mul", [xr, yr]), b.op("Mul", [xi, yi])], "re")
-    im = b.op("Add", [b.op("Mul", [xr, yi]), b.op("Mul", [xi, yr])], "im")
-    return re, im
+def _block_bits(block: list[int], qubits: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per qubit of the block, its position in ``qubits`` ``[g, 1]`` and its bit of every block
+    index ``[g, 2^g]`` (``block[0]`` most significant)."""
+    g = len(block)
+    values = np.arange(2**g)
+    bits = np.stack([_bits(values, g - 1 - t) for t in range(g)])
+    return np.array([qubits.index(q) for q in block])[:, None], bits
 
 
-def _apply_diagonal_run(b: _Builder, gates: list[Gate], state, cache) -> tuple[str, str]:
-    n = b.n_qubits
-    constant_angle = np.zeros(2**n)
-    terms = []
+def _split_prefix(circuit: Circuit) -> tuple[list[Gate], list[Gate]]:
+    """Leading one-qubit gates per qubit (before any multi-qubit gate on it), and the rest.
+
+    Moving them first is exact: a one-qubit gate commutes with gates on other wires. Each
+    qubit's trailing diagonal gates go to the front of the rest instead, where they join the
+    next phase run: that keeps an RY-then-RZ prefix a real product state.
+    """
+    prefix: list[list[Gate]] = [[] for _ in range(circuit.n_qubits)]
+    rest, blocked = [], set()
+    for gate in circuit.gates:
+        if len(gate.wires) == 1 and gate.wires[0] not in blocked:
+            prefix[gate.wires[0]].append(gate)
+        else:
+            blocked.update(gate.wires)
+            rest.append(gate)
+    trailing = []
+    for gates in prefix:
+        while gates and GATES[gates[-1].name].diagonal:
+            trailing.insert(0, gates.pop())
+    return [g for gates in prefix for g in gates], trailing + rest
+
+
+def _product_state(b: _Builder, prefix: list[Gate]) -> _Complex:
+    """``kron_q M_q |0>`` for the per-qubit products ``M_q`` of the prefix: ``[S, 2^n, 1 or B]``.
+
+    Amplitude k is ``prod_q M_q[bit_q(k), 0]``: per block of up to :data:`KRON_BLOCK` qubits
+    one Gather + product, then the blocks' outer product.
+    """
+    n = b.circuit.n_qubits
+    if not prefix:
+        zero = (np.arange(2**n) == 0).astype(float)
+        return _Complex(b.const(zero[None, :, None], "zero_state"), False, False)
+    qubits = list(range(n))
+    matrices = _batch_last(b, _per_qubit(b, prefix, qubits))  # [S, n, 2, 2, 1, 1 or B]
+    flat = _Complex(
+        b.op("Reshape", [matrices.name, b.ints([0, 4 * n, -1], "shape")], "flat"),
+        matrices.complex,
+        matrices.batched,
+    )
+    blocks = _blocks(qubits[::-1])
+    state = None
+    for j, block in enumerate(blocks):
+        position, bits = _block_bits(block, qubits)
+        shape = [len(block)] + [1] * len(blocks)
+        shape[1 + j] = 2 ** len(block)
+        amplitudes = _kron(b, flat, (4 * position + 2 * bits).reshape(shape))
+        state = amplitudes if state is None else b.cmul(_mul(b), amplitudes, state)
+    flat_state = b.op("Reshape", [state.name, b.ints([0, 2**n, -1], "shape")], "psi")
+    return _Complex(flat_state, state.complex, state.batched)
+
+
+def _apply_matrix(b: _Builder, matrix: _Complex, state: _Complex, hi: int, g: int) -> _Complex:
+    """A matrix on qubits ``hi .. hi-g+1``: ``[S, 1, d, d]`` with a broadcast MatMul, or per
+    sample ``[S, 1, d, d, 1, B]`` with a Mul and a ReduceSum. The result is a view of the state
+    (``[S, 2^(n-1-hi), d, ...]``); callers flatten it once at the end."""
+    a, d = 2 ** (b.circuit.n_qubits - 1 - hi), 2**g
+    if not matrix.batched:
+        view = b.op("Reshape", [state.name, b.ints([0, a, d, -1], "shape")], "psi")
+        return b.cmul(_matmul(b), matrix, _Complex(view, state.complex, state.batched))
+    c = 2 ** (hi + 1 - g)
+    view = b.op("Reshape", [state.name, b.ints([0, a, 1, d, c, -1], "shape")], "psi")
+
+    def contract(k: str, t: str) -> str:
+        return b.reduce("ReduceSum", b.op("Mul", [k, t], "mul"), -3, "psi")  # over j
+
+    return b.cmul(contract, matrix, _Complex(view, state.complex, state.batched))
+
+
+def _flat_state(b: _Builder, state: _Complex) -> _Complex:
+    flat = b.op("Reshape", [state.name, b.ints([0, 2**b.circuit.n_qubits, -1], "shape")], "psi")
+    return _Complex(flat, state.complex, state.batched)
+
+
+def _apply_single_qubit_layer(b: _Builder, gates: list[Gate], state: _Complex) -> _Complex:
+    """One-qubit non-diagonal gates: per qubit, the run's 2x2 matrices are multiplied in order.
+
+    Batch-independent: each block of up to ``KRON_BLOCK`` consecutive qubits is one
+    ``[2^g, 2^g]`` Kronecker product applied with one MatMul. Per-sample matrices (a gate reads
+    an input) are applied qubit by qubit.
+    """
+    qubits = sorted({g.wires[0] for g in gates}, reverse=True)  # most significant first
+    matrices = _per_qubit(b, gates, qubits)
+    if matrices.batched:
+        per_sample = _batch_last(b, matrices)  # [S, Q, 2, 2, 1, B]
+        for t, q in enumerate(qubits):
+            m = b.op("Gather", [per_sample.name, b.ints([t], "idx")], "m", axis=1)
+            state = _apply_matrix(b, _Complex(m, matrices.complex, True), state, q, 1)
+        return _flat_state(b, state)
+    flat = b.op("Reshape", [matrices.name, b.ints([0, -1], "shape")], "flat")  # [S, 4Q]
+    for block in _blocks(qubits):
+        position, bits = _block_bits(block, qubits)
+        # entry (i, j) = prod_t M_t[bit_t(i), bit_t(j)]
+        index = 4 * position[:, :, None] + 2 * bits[:, :, None] + bits[:, None, :]
+        matrix = _kron(b, _Complex(flat, matrices.complex, False), index[:, None])
+        state = _apply_matrix(b, matrix, state, block[0], len(block))
+    return _flat_state(b, state)
+
+
+def _apply_diagonal_run(b: _Builder, gates: list[Gate], state: _Complex) -> _Complex:
+    """Diagonal gates as one phase per basis state: ``const + S @ theta (+ S_x @ x)``."""
+    n = b.circuit.n_qubits
+    constant = np.zeros(2**n)
+    slopes: dict[str, list[tuple[int, np.ndarray]]] = {"theta": [], "input": []}
     for gate in gates:
         a, offset = _diagonal_phase(gate.name)
         local = _local_index(n, gate.wires)
-        constant_angle += offset[local]
-        if gate.params:
-            slope = b.const(a[local][None, :], "slope")  # [1, 2^n]
-            terms.append(b.op("Mul", [_angle(b, gate.params[0], cache), slope], "phase"))
-    angle = b.const(constant_angle[None, :], "phase")
-    for term in terms:
+        constant += offset[local]
+        if not gate.params:
+            continue
+        p = gate.params[0]
+        if p.kind == "const":
+            constant += a[local] * p.value
+        else:
+            key = "input" if p.kind == "input" else "theta"
+            slopes[key].append((int(p.value), a[local]))
+    if not (slopes["theta"] or slopes["input"]):  # a constant phase (z, s, t, cz, ...)
+        factor = np.exp(1j * constant)
+        parts = [factor.real, factor.imag] if np.any(factor.imag) else [factor.real]
+        phase = _Complex(b.const(np.stack(parts)[:, :, None], "phase"), len(parts) == 2, False)
+        return b.cmul(_mul(b), phase, state)
+    terms = [b.const(constant[None, :, None], "phase")] if np.any(constant) else []
+    # theta [L] gathered as a column [G, 1]; the inputs [n_inputs, B] as rows [G, B]
+    for key, source, shape in (("theta", b.theta, (-1, 1)), ("input", b.inputs, (-1,))):
+        if slopes[key]:
+            index, slope = zip(*slopes[key], strict=True)
+            index = b.ints(np.reshape(index, shape), "idx")
+            angles = b.op("Gather", [source(), index], key, axis=0)
+            slope_matrix = b.const(np.stack(slope, axis=1)[None], "slope")  # [1, 2^n, G]
+            terms.append(b.op("MatMul", [slope_matrix, angles], "phase"))
+    angle = terms[0]
+    for term in terms[1:]:
         angle = b.op("Add", [angle, term], "phase")
-    return _complex_mul(b, *state, b.op("Cos", [angle]), b.op("Sin", [angle]))
+    cos, sin = b.op("Cos", [angle]), b.op("Sin", [angle])
+    batched = bool(slopes["input"])
+    if not state.complex:
+        phase = _Complex(b.op("Concat", [cos, sin], "phase", axis=0), True, batched)
+        return b.cmul(_mul(b), phase, state)
+    entries = b.op("Concat", [cos, b.op("Neg", [sin]), sin, cos], "phase", axis=0)
+    embedded = b.op("Reshape", [entries, b.ints([2, 2, 2**n, -1], "shape")], "phase")
+    return b.cmul_embedded(_mul(b), embedded, state, batched)
 
 
-def _apply_permutation_run(b: _Builder, gates: list[Gate], state) -> tuple[str, str]:
-    n = b.n_qubits
+def _permutation_source(n: int, gates: list[Gate]) -> np.ndarray:
+    """``source`` with ``new[k] = old[source[k]]`` for a run of permutation gates."""
     source = np.arange(2**n)
     for gate in gates:
         matrix = _matrix(gate.name, 0.0).real.round().astype(int)
@@ -191,69 +576,31 @@ def _apply_permutation_run(b: _Builder, gates: list[Gate], state) -> tuple[str, 
         for i, w in enumerate(reversed(gate.wires)):
             src |= ((preimage >> i) & 1) << w
         source = source[src]
-    index = b.const(source, "perm", float_like=False)
-    return tuple(b.op("Gather", [s, index], "perm", axis=1) for s in state)
+    return source
 
 
-def _gate_matrix(b: _Builder, gate: Gate, cache) -> tuple[str, str]:
-    """Real and imaginary parts of the gate's matrix, ``[1 or B, out wires..., in wires...]``."""
-    trig, k = _trig(gate.name), len(gate.wires)
-    tensor_shape = (1,) + (2,) * (2 * k)  # [1 or B, out wires..., in wires...]
-    trig_values = []
-    if gate.params:
-        angle = b.op("Mul", [_angle(b, gate.params[0], cache), b.const([trig.f])], "angle")
-        as_matrix = b.const([-1] + [1] * (2 * k), "s", float_like=False)
-        trig_values = [
-            (trig.a, b.op("Reshape", [b.op("Cos", [angle]), as_matrix])),
-            (trig.b, b.op("Reshape", [b.op("Sin", [angle]), as_matrix])),
-        ]
-
-    def matrix_part(take) -> str:
-        term = b.const(take(trig.c).reshape(tensor_shape), "m")
-        for coeff, value in trig_values:
-            if np.any(take(coeff)):
-                scaled = b.op("Mul", [value, b.const(take(coeff).reshape(tensor_shape))])
-                term = b.op("Add", [term, scaled], "m")
-        return term
-
-    return matrix_part(np.real), matrix_part(np.imag)
+def _gather_basis(b: _Builder, state: _Complex, source: np.ndarray) -> _Complex:
+    permuted = b.op("Gather", [state.name, b.ints(source, "perm")], "perm", axis=1)
+    return _Complex(permuted, state.complex, state.batched)
 
 
-def _apply_dense(b: _Builder, gate: Gate, state, cache) -> tuple[str, str]:
-    n, k = b.n_qubits, len(gate.wires)
-    dynamic = any(p.kind == "input" for p in gate.params)
-    mr, mi = _gate_matrix(b, gate, cache)
-    # State axes: [B, (blocks of 2^... separated by the gate's wires, most significant first)].
-    wires_desc = sorted(gate.wires, reverse=True)
-    shape, prev = [-1], n
-    for w in wires_desc:
-        shape += [2 ** (prev - 1 - w), 2]
-        prev = w
-    shape.append(2**prev)
-    letters = "acegi"[: len(wires_desc) + 1]
-    state_in = "Z" + "".join(f"{letters[i]}{'uv'[i]}" for i in range(k)) + letters[k]
-    out_of = {w: o for w, o in zip(wires_desc, "xy", strict=False)}
-    in_of = {w: i for w, i in zip(wires_desc, "uv", strict=False)}
-    matrix = ("Z" if dynamic else "") + "".join(out_of[w] for w in gate.wires)
-    matrix += "".join(in_of[w] for w in gate.wires)
-    state_out = "Z" + "".join(f"{letters[i]}{'xy'[i]}" for i in range(k)) + letters[k]
-    equation = f"{matrix},{state_in}->{state_out}"
-    if not dynamic:  # one matrix for the whole batch: drop its unit batch axis
-        squeeze = b.const([0], "axes", float_like=False)
-        mr, mi = (b.op("Squeeze", [m, squeeze]) for m in (mr, mi))
-    reshape = b.const(shape, "shape", False)
-    sr, si = (b.op("Reshape", [s, reshape]) for s in state)
-
-    def es(m: str, s: str) -> str:
-        return b.op("Einsum", [m, s], "es", equation=equation)
-
-    re = b.op("Sub", [es(mr, sr), es(mi, si)])
-    im = b.op("Add", [es(mr, si), es(mi, sr)])
-    flat = b.const([-1, 2**n], "flat", False)
-    return b.op("Reshape", [re, flat], "re"), b.op("Reshape", [im, flat], "im")
-
-
-KRON_BLOCK = 5  # qubits per fused single-qubit block: one 32x32 complex GEMM per block
+def _apply_dense(b: _Builder, gate: Gate, state: _Complex) -> _Complex:
+    """A two-qubit gate: its wires are gathered to the lowest bits, its 4x4 matrix applied
+    there, and the bits gathered back."""
+    n = b.circuit.n_qubits
+    k = np.arange(2**n)
+    others = [q for q in range(n) if q not in gate.wires]
+    # bit j of the moved index is bit order[j] of the original one (wires[0] most significant)
+    order = [gate.wires[1], gate.wires[0], *others]
+    source = sum(_bits(k, j) << q for j, q in enumerate(order))
+    stack = _gate_stack(b, [gate])  # [S, 1 or B, 1, 4, 4]
+    if stack.batched:
+        matrix = _batch_last(b, stack)
+    else:
+        shape = b.ints([0, 1, 4, 4], "shape")
+        matrix = _Complex(b.op("Reshape", [stack.name, shape], "m"), stack.complex, False)
+    state = _apply_matrix(b, matrix, _gather_basis(b, state, source), 1, 2)
+    return _gather_basis(b, _flat_state(b, state), np.argsort(source))
 
 
 def _run_kind(gate: Gate) -> str:
@@ -262,107 +609,15 @@ def _run_kind(gate: Gate) -> str:
         return "diag"
     if spec.permutation:
         return "perm"
-    if spec.n_qubits == 1 and all(p.kind != "input" for p in gate.params):
-        return "layer"  # batch-independent one-qubit gates: fused into Kronecker blocks
+    if spec.n_qubits == 1:
+        return "layer"  # fused into Kronecker blocks (per sample if a gate reads an input)
     return "dense"
 
 
-def _apply_single_qubit_layer(b: _Builder, gates: list[Gate], state, cache) -> tuple[str, str]:
-    """Batch-independent one-qubit gates as Kronecker blocks of contiguous qubits.
-
-    Per qubit, the run's 2x2 matrices are multiplied in order; then each block of up to
-    ``KRON_BLOCK`` consecutive qubits is one ``[2^g, 2^g]`` matrix applied with one Einsum.
-    """
-    n = b.n_qubits
-    squeeze = b.const([0], "axes", float_like=False)
-    per_qubit: dict[int, tuple[str, str]] = {}
-    for gate in gates:  # in time order: M = M_new @ M_old
-        m = tuple(b.op("Squeeze", [t, squeeze]) for t in _gate_matrix(b, gate, cache))
-        q = gate.wires[0]
-        if q in per_qubit:
-            old = per_qubit[q]
-            m = (
-                b.op("Sub", [b.op("MatMul", [m[0], old[0]]), b.op("MatMul", [m[1], old[1]])]),
-                b.op("Add", [b.op("MatMul", [m[0], old[1]]), b.op("MatMul", [m[1], old[0]])]),
-            )
-        per_qubit[q] = m
-    qubits = sorted(per_qubit, reverse=True)  # most significant first
-    blocks: list[list[int]] = []
-    for q in qubits:
-        if blocks and blocks[-1][-1] == q + 1 and len(blocks[-1]) < KRON_BLOCK:
-            blocks[-1].append(q)
-        else:
-            blocks.append([q])
-    for block in blocks:
-        kr, ki = per_qubit[block[0]]
-        for q in block[1:]:  # kron(K, M)[(a b), (c d)] = K[a, c] M[b, d]
-            mr, mi = per_qubit[q]
-            size = b.const([2 ** (block.index(q) + 1)] * 2, "kshape", float_like=False)
-
-            def kron(x: str, y: str, size: str = size) -> str:
-                return b.op("Reshape", [b.op("Einsum", [x, y], equation="ac,bd->abcd"), size])
-
-            kr, ki = (
-                b.op("Sub", [kron(kr, mr), kron(ki, mi)], "kr"),
-                b.op("Add", [kron(kr, mi), kron(ki, mr)], "ki"),
-            )
-        hi, lo = block[0], block[-1]
-        shape = b.const([-1, 2 ** (n - 1 - hi), 2 ** len(block), 2**lo], "shape", False)
-        sr, si = (b.op("Reshape", [t, shape]) for t in state)
-
-        def es(m: str, s: str) -> str:
-            return b.op("Einsum", [m, s], "es", equation="ij,zajc->zaic")
-
-        flat = b.const([-1, 2**n], "flat", float_like=False)
-        state = (
-            b.op("Reshape", [b.op("Sub", [es(kr, sr), es(ki, si)]), flat], "re"),
-            b.op("Reshape", [b.op("Add", [es(kr, si), es(ki, sr)]), flat], "im"),
-        )
-    return state
-
-
-def _split_prefix(circuit: Circuit) -> tuple[list[list[Gate]], list[Gate]]:
-    """Leading one-qubit gates per qubit (before any multi-qubit gate on it), and the rest.
-
-    Moving them first is exact: a one-qubit gate commutes with gates on other wires.
-    """
-    prefix: list[list[Gate]] = [[] for _ in range(circuit.n_qubits)]
-    rest, blocked = [], set()
-    for gate in circuit.gates:
-        if len(gate.wires) == 1 and gate.wires[0] not in blocked:
-            prefix[gate.wires[0]].append(gate)
-        else:
-            blocked.update(gate.wires)
-            rest.append(gate)
-    return prefix, rest
-
-
-def _product_state(b: _Builder, prefix: list[list[Gate]], cache) -> tuple[str, str]:
-    """``kron`` of the per-qubit states ``M_last ... M_first |0>``: ``[1 or B, 2^n]``."""
-    state = None
-    for gates in prefix:
-        vr, vi = b.const([[1.0, 0.0]], "v"), b.const([[0.0, 0.0]], "v")  # [1, 2]
-        for gate in gates:
-            mr, mi = _gate_matrix(b, gate, cache)  # [1 or B, 2, 2]
-            axis = b.const([1], "axes", float_like=False)
-            ur, ui = (b.op("Unsqueeze", [v, axis]) for v in (vr, vi))  # [., 1, 2]
-            pr, pi = _complex_mul(b, mr, mi, ur, ui)
-            last = b.const([2], "axes", float_like=False)
-            vr, vi = (b.op("ReduceSum", [t, last], "v", keepdims=0) for t in (pr, pi))
-        if state is None:
-            state = (vr, vi)
-            continue
-        # new[bit_q * 2^q + rest] = v_q[bit_q] * state[rest]: qubit q is the new top bit.
-        col, row = b.const([2], "axes", float_like=False), b.const([1], "axes", float_like=False)
-        v = tuple(b.op("Unsqueeze", [t, col]) for t in (vr, vi))  # [., 2, 1]
-        old = tuple(b.op("Unsqueeze", [t, row]) for t in state)  # [., 1, S]
-        flat = b.const([0, -1], "flat", float_like=False)
-        state = tuple(b.op("Reshape", [t, flat], "psi") for t in _complex_mul(b, *v, *old))
-    return state
-
-
-def _expectations(b: _Builder, circuit: Circuit, state) -> str:
-    n, sr, si = circuit.n_qubits, *state
+def _expectations(b: _Builder, state: _Complex) -> str:
+    """``[1 or B, n_observables]``."""
+    circuit = b.circuit
+    n = circuit.n_qubits
     k = np.arange(2**n)
     groups: dict[int, list[int]] = {}
     for o, obs in enumerate(circuit.observables):
@@ -370,29 +625,36 @@ def _expectations(b: _Builder, circuit: Circuit, state) -> str:
         groups.setdefault(mask, []).append(o)
     outputs, order = [], []
     for mask, members in groups.items():
-        phases = np.ones((2**n, len(members)), dtype=complex)
-        for col, o in enumerate(members):
+        phases = np.ones((len(members), 2**n), dtype=complex)
+        for row, o in enumerate(members):
             for q, c in enumerate(circuit.observables[o]):
-                bit = (k >> q) & 1
+                bit = _bits(k, q)
                 if c == "Z":
-                    phases[:, col] *= 1 - 2 * bit
+                    phases[row] *= 1 - 2 * bit
                 elif c == "Y":
-                    phases[:, col] *= np.where(bit == 0, -1j, 1j)
-        if mask:
-            index = b.const(k ^ mask, "flip", float_like=False)
-            fr, fi = (b.op("Gather", [s, index], "flip", axis=1) for s in (sr, si))
-        else:
-            fr, fi = sr, si
-        ur = b.op("Add", [b.op("Mul", [sr, fr]), b.op("Mul", [si, fi])], "ur")
-        ui = b.op("Sub", [b.op("Mul", [sr, fi]), b.op("Mul", [si, fr])], "ui")
-        value = b.op("MatMul", [ur, b.const(phases.real, "pr")])
-        if np.any(phases.imag):
-            value = b.op("Sub", [value, b.op("MatMul", [ui, b.const(phases.imag, "pi")])])
-        outputs.append(value)
+                    phases[row] *= np.where(bit == 0, -1j, 1j)
         order += members
-    y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, "y", axis=1)
+        if not mask:  # Z/I only: real phases on |psi_k|^2
+            prob = b.reduce("ReduceSumSquare", state.name, 0, "prob")
+            outputs.append(b.op("MatMul", [b.const(phases.real, "pr"), prob], "y"))
+            continue
+        flipped = _gather_basis(b, state, k ^ mask).name
+        # u = conj(psi_k) psi_{k^m}: Re u = sum of the stacked product, Im u = re f_im - im f_re
+        ur = b.reduce("ReduceSum", b.op("Mul", [state.name, flipped]), 0, "ur")
+        value = b.op("MatMul", [b.const(phases.real, "pr"), ur], "y")
+        if state.complex and np.any(phases.imag):
+            crossed = b.op("Mul", [state.name, b.conj_swap(flipped)])  # [-re f_im; im f_re]
+            minus_ui = b.reduce("ReduceSum", crossed, 0, "ui")
+            value = b.op("Add", [value, b.op("MatMul", [b.const(phases.imag, "pi"), minus_ui])])
+        outputs.append(value)
+    y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, "y", axis=0)
     if order != sorted(order):
-        y = b.op("Gather", [y, b.const(np.argsort(order), "order", False)], "y", axis=1)
+        y = b.op("Gather", [y, b.ints(np.argsort(order), "order")], "y", axis=0)
+    y = b.op("Transpose", [y], "y", perm=[1, 0])
+    if not state.batched:  # nothing read an input: one row for the whole batch
+        nobs = b.ints([circuit.n_observables], "nobs")
+        shape = b.op("Concat", [b.batch(), nobs], "y_shape", axis=0)
+        y = b.op("Expand", [y, shape], "y")
     return y
 
 
@@ -400,32 +662,34 @@ def quantum_layer_function(circuit: Circuit, opset: int) -> onnx.FunctionProto:
     """The ``ai.qwthn::QuantumLayer`` function body for ``circuit`` (standard opset ``opset``).
 
     Inputs ``x[..., n_inputs]`` (float or double) and ``weights[n_weights]``; output
-    ``y[..., n_observables]`` with x's leading dims and dtype.
+    ``y[..., n_observables]`` with x's leading dims and dtype. Needs opset >= 15.
     """
-    n = circuit.n_qubits
-    b = _Builder(n)
-    x2_shape = b.const([-1, circuit.n_inputs], "x2_shape", float_like=False)
+    if opset < MIN_OPSET:
+        raise ValueError(
+            f"the QuantumLayer fallback needs default-domain opset >= {MIN_OPSET} (CastLike), "
+            f"the model imports opset {opset}; export or convert the model to opset "
+            f"{MIN_OPSET} or later"
+        )
+    b = _Builder(circuit, opset)
+    x2_shape = b.ints([-1, circuit.n_inputs], "x2_shape")
     b.nodes.append(helper.make_node("Reshape", ["x", x2_shape], ["x2"]))  # [B, n_inputs]
     b.nodes.append(helper.make_node("CastLike", ["weights", "x2"], ["weights_cast"]))
-    cache: dict[Param, str] = {}
     prefix, rest = _split_prefix(circuit)
-    batch = b.op("Shape", ["x2"], "batch", start=0, end=1)
-    target = b.op("Concat", [batch, b.const([2**n], "size", False)], "state_shape", axis=0)
-    state = tuple(b.op("Expand", [t, target], "psi") for t in _product_state(b, prefix, cache))
+    state = _product_state(b, prefix)
     for kind, run in itertools.groupby(rest, key=_run_kind):
         run = list(run)
         if kind == "diag":
-            state = _apply_diagonal_run(b, run, state, cache)
+            state = _apply_diagonal_run(b, run, state)
         elif kind == "perm":
-            state = _apply_permutation_run(b, run, state)
+            state = _gather_basis(b, state, _permutation_source(b.circuit.n_qubits, run))
         elif kind == "layer":
-            state = _apply_single_qubit_layer(b, run, state, cache)
+            state = _apply_single_qubit_layer(b, run, state)
         else:
             for gate in run:
-                state = _apply_dense(b, gate, state, cache)
-    y = _expectations(b, circuit, state)
+                state = _apply_dense(b, gate, state)
+    y = _expectations(b, state)
     lead = b.op("Shape", ["x"], "lead", end=-1)
-    out_shape = b.op("Concat", [lead, b.const([circuit.n_observables], "nobs", False)], axis=0)
+    out_shape = b.op("Concat", [lead, b.ints([circuit.n_observables], "nobs")], axis=0)
     b.nodes.append(helper.make_node("Reshape", [y, out_shape], ["y"]))
     return helper.make_function(
         DOMAIN,
