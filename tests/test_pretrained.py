@@ -5,6 +5,8 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,12 +300,16 @@ def test_bad_gguf_is_a_clear_error_and_leaves_no_cache_entry(
     assert not (cache / "gguf").exists() or not any((cache / "gguf").iterdir())
 
 
-def test_missing_gguf_package_names_the_extra(tiny_gguf, monkeypatch):
+def test_missing_gguf_package_names_the_extra(tiny_gguf, tmp_path, monkeypatch):
     import transformers.utils
 
+    converted = resolve_model(tiny_gguf, progress=False)
     monkeypatch.setattr(transformers.utils, "is_gguf_available", lambda *a, **k: False)
+    assert resolve_model(tiny_gguf) == converted  # a cached conversion needs no gguf
+    copy = tmp_path / "other.gguf"
+    copy.write_bytes(tiny_gguf.read_bytes() + b"\0" * 32)  # other content: not cached
     with pytest.raises(PretrainedModelError, match=r"needs the gguf package .*qwthn-onnx\[gguf\]"):
-        resolve_model(tiny_gguf, progress=False)
+        resolve_model(copy, progress=False)
 
 
 def test_interrupted_conversion_leaves_nothing_a_later_run_trusts(tiny_gguf, monkeypatch, cache):
@@ -388,11 +394,11 @@ def test_smollm2_is_a_known_name():
 def test_module_cli_prints_the_folder_and_lists_the_cache(tiny_gguf, capsys):
     assert pretrained.main(["-q", str(tiny_gguf)]) == 0
     folder = capsys.readouterr().out.strip()
-    assert (pretrained.Path(folder) / "config.json").is_file()
+    assert (Path(folder) / "config.json").is_file()
     assert pretrained.main(["--list"]) == 0
     listing = capsys.readouterr().out
     assert "smollm2: SmolLM2-135M-Instruct" in listing
-    assert f"{pretrained.Path(folder).name}  0.1 MiB  from {tiny_gguf}" in listing
+    assert f"{Path(folder).name}  0.1 MiB  from {tiny_gguf}" in listing
     assert pretrained.main(["--cache-dir"]) == 0
     assert capsys.readouterr().out.strip() == str(pretrained.cache_dir())
     assert pretrained.main(["no-such-model"]) == 2
@@ -435,3 +441,13 @@ def test_smollm2_resolves_to_a_llama_folder_with_a_chat_template():
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     assert json.loads((folder / "qwthn_source.json").read_text())["packaged"] == "smollm2"
+
+
+def test_documented_python_example_runs(tmp_path, tiny_gguf, monkeypatch, capsys):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "real-models.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", docs, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.gguf").write_bytes(tiny_gguf.read_bytes())
+    exec(compile(example, "docs/real-models.md", "exec"), {})
+    folder = resolve_model("model.gguf")
+    assert capsys.readouterr().out == f"LlamaForCausalLM {folder.name}\n"
