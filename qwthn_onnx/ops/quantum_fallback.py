@@ -195,7 +195,7 @@ class _Builder:
             self.nodes.append(
                 helper.make_node("Constant", [], [out], value=numpy_helper.from_array(array))
             )
-            self.constants[key] = self.op("CastLike", [out, "x2"], hint) if float_like else out
+            self.constants[key] = self.op("CastLike", [out, "x"], hint) if float_like else out
         return self.constants[key]
 
     def ints(self, values: np.ndarray | list, hint: str = "i") -> str:
@@ -235,13 +235,19 @@ class _Builder:
             ),
         )
 
+    def x2(self) -> str:
+        """``[B, n_inputs]``: x with its leading dims flattened (only built when a gate reads an
+        input: with ``n_inputs = 0`` the batch size cannot be inferred from it)."""
+        shape = self.ints([-1, self.circuit.n_inputs], "x2_shape")
+        return self.cached("x2", lambda: self.op("Reshape", ["x", shape], "x2"))
+
     def batch(self) -> str:
         """``[1]``: the flattened batch size."""
-        return self.cached("batch", lambda: self.op("Shape", ["x2"], "batch", start=0, end=1))
+        return self.cached("batch", lambda: self.op("Shape", [self.x2()], "batch", start=0, end=1))
 
     def inputs(self) -> str:
         """``[n_inputs, B]``: x2 transposed, for gathers of rows."""
-        return self.cached("inputs", lambda: self.op("Transpose", ["x2"], "xt", perm=[1, 0]))
+        return self.cached("inputs", lambda: self.op("Transpose", [self.x2()], "xt", perm=[1, 0]))
 
     def trig_source(self, batched: bool) -> str:
         """Angles ``f t`` for every f in :data:`FREQUENCIES`: ``[len]``, or ``[B, len]`` with
@@ -260,7 +266,7 @@ class _Builder:
             size = self.ints([2 * (self.circuit.n_weights + len(self.const_angles))], "size")
             shape = self.op("Concat", [self.batch(), size], "shape", axis=0)
             expanded = self.op("Expand", [theta, shape], "trig_src")
-            return self.op("Concat", [*scaled("x2"), expanded], "trig_src", axis=1)
+            return self.op("Concat", [*scaled(self.x2()), expanded], "trig_src", axis=1)
 
         return self.cached(f"trig_{batched}", batched_source if batched else unbatched)
 
@@ -615,7 +621,7 @@ def _run_kind(gate: Gate) -> str:
 
 
 def _expectations(b: _Builder, state: _Complex) -> str:
-    """``[1 or B, n_observables]``."""
+    """``[1 or B, n_observables]`` (1: no gate reads an input)."""
     circuit = b.circuit
     n = circuit.n_qubits
     k = np.arange(2**n)
@@ -650,12 +656,7 @@ def _expectations(b: _Builder, state: _Complex) -> str:
     y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, "y", axis=0)
     if order != sorted(order):
         y = b.op("Gather", [y, b.ints(np.argsort(order), "order")], "y", axis=0)
-    y = b.op("Transpose", [y], "y", perm=[1, 0])
-    if not state.batched:  # nothing read an input: one row for the whole batch
-        nobs = b.ints([circuit.n_observables], "nobs")
-        shape = b.op("Concat", [b.batch(), nobs], "y_shape", axis=0)
-        y = b.op("Expand", [y, shape], "y")
-    return y
+    return b.op("Transpose", [y], "y", perm=[1, 0])
 
 
 def quantum_layer_function(circuit: Circuit, opset: int) -> onnx.FunctionProto:
@@ -671,9 +672,7 @@ def quantum_layer_function(circuit: Circuit, opset: int) -> onnx.FunctionProto:
             f"{MIN_OPSET} or later"
         )
     b = _Builder(circuit, opset)
-    x2_shape = b.ints([-1, circuit.n_inputs], "x2_shape")
-    b.nodes.append(helper.make_node("Reshape", ["x", x2_shape], ["x2"]))  # [B, n_inputs]
-    b.nodes.append(helper.make_node("CastLike", ["weights", "x2"], ["weights_cast"]))
+    b.nodes.append(helper.make_node("CastLike", ["weights", "x"], ["weights_cast"]))
     prefix, rest = _split_prefix(circuit)
     state = _product_state(b, prefix)
     for kind, run in itertools.groupby(rest, key=_run_kind):
@@ -689,8 +688,13 @@ def quantum_layer_function(circuit: Circuit, opset: int) -> onnx.FunctionProto:
                 state = _apply_dense(b, gate, state)
     y = _expectations(b, state)
     lead = b.op("Shape", ["x"], "lead", end=-1)
-    out_shape = b.op("Concat", [lead, b.ints([circuit.n_observables], "nobs")], axis=0)
-    b.nodes.append(helper.make_node("Reshape", [y, out_shape], ["y"]))
+    nobs = b.ints([circuit.n_observables], "nobs")
+    out_shape = b.op("Concat", [lead, nobs], "y_shape", axis=0)
+    if state.batched:
+        b.nodes.append(helper.make_node("Reshape", [y, out_shape], ["y"]))
+    else:  # nothing read an input: one row of results for the whole batch
+        row = b.op("Reshape", [y, nobs], "y")
+        b.nodes.append(helper.make_node("Expand", [row, out_shape], ["y"]))
     return helper.make_function(
         DOMAIN,
         "QuantumLayer",
