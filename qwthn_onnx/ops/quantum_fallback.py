@@ -1,32 +1,37 @@
 """``QuantumLayer`` as a function of standard ONNX ops, generated from a circuit.
 
 Why the body looks like this: a runtime without our op library inlines one copy of this body
-per ``QuantumLayer`` node, and onnxruntime's inliner and optimiser (constant folding of the
-weight-only subgraphs) take time superlinear in the inlined graph. A model with 60 adapters of
-the paper's 10-qubit, 10-layer circuit took ~7 minutes to load with a body of one small group
-of nodes per gate (5,933 nodes); the body is therefore vectorised over gates, so its size grows
-with the number of gate *runs*, not gates (~650 nodes for that circuit, ~50x faster to load).
+per ``QuantumLayer`` node, and onnxruntime's function inliner and optimiser (mostly constant
+folding of the weight-only subgraphs) take time superlinear in the inlined graph, so the body's
+node count sets every plain-onnxruntime deployment's load time. A body with a few nodes per
+gate (5,933 for the paper's 10-qubit, 10-layer circuit) made a 60-adapter SmolLM2 export take
+~7 minutes to load; this one is vectorised over gates, so it grows with the number of gate
+*runs* (592 nodes for that circuit), and each run's weight-only work folds to constants.
 
 Representation: onnxruntime has no complex tensors, so a complex tensor is a real one with a
 leading "stack" axis: ``[1, ...]`` when it is known to be real, ``[re; im]`` = ``[2, ...]``
-otherwise. The state is ``[S, B or 1, 2^n]`` (qubit q is bit q of the basis index); a real
-operator (RY, H, CX) acts on both parts with one op, and a complex product ``K * T`` is
-``K * T_re + J(K) * T_im`` with ``J(K) = [-K_im; K_re]``, weight-only and constant-folded.
-Gate matrices are not written by hand: every gate's matrix is ``C + A cos(f t) + B sin(f t)``
-with ``f`` in {1/2, 1}, found from the gate table's own matrix function. Then:
+otherwise. The state is ``[S, 2^n, B or 1]`` (qubit q is bit q of the basis index; the batch
+last, so that basis permutations gather whole rows). A real operator (RY, H, CX) acts on both
+parts with one op; a complex ``K`` acts as ``sum_s E[:, s] * T[s]`` with the real embedding
+``E = [[K_re, -K_im], [K_im, K_re]]`` (weight-only, so constant-folded): one op and a
+ReduceSum. Gate matrices are not written by hand: every gate's matrix is
+``C + A cos(f t) + B sin(f t)`` with ``f`` in {1/2, 1}, found from the gate table's own matrix
+function. Then:
 
 - the leading one-qubit gates of every qubit give a product state: all their matrices are
   built at once (one ``Gather`` of the angles, one ``Cos``/``Sin``, ``C + A cos + B sin`` over a
-  ``[S, B, G, 2, 2]`` stack), multiplied per qubit by depth, and the state's ``2^n`` amplitudes
-  are one ``Gather`` of per-qubit amplitudes and a ``ReduceProd``;
-- a run of other one-qubit, non-diagonal gates is the same stack, then Kronecker blocks of up
-  to ``KRON_BLOCK`` consecutive qubits (``Gather`` + ``ReduceProd`` again), each applied to the
-  state with one broadcast ``MatMul``;
-- a run of diagonal gates (rz, crz, cz, p, ...) is one phase ``const + theta @ S`` per basis
+  ``[S, B, G, 2, 2]`` stack) and multiplied per qubit by depth; the amplitudes of each block of
+  up to ``KRON_BLOCK`` qubits are one ``Gather`` of per-qubit entries and a ``ReduceProd``, and
+  the blocks' outer product is the state;
+- a run of other one-qubit, non-diagonal gates is the same stack, then one Kronecker matrix per
+  block of up to ``KRON_BLOCK`` consecutive qubits (``Gather`` + ``ReduceProd`` again), applied
+  with one broadcast ``MatMul`` (per-sample matrices, from gates that read an input, qubit by
+  qubit with a ``Mul`` and a ``ReduceSum``);
+- a run of diagonal gates (rz, crz, cz, p, ...) is one phase ``const + S @ theta`` per basis
   state (one ``Gather``, one ``MatMul`` with a constant slope matrix), one ``Cos``/``Sin`` and
   one complex multiply: a whole CRZ ring is a handful of nodes;
 - a run of permutation gates (x, cx, swap) is one ``Gather`` with a composed index;
-- any other (two-qubit) gate is a ``MatMul`` with its 4x4 matrix, between two ``Gather``s
+- any other (two-qubit) gate is its 4x4 matrix applied like a block, between two ``Gather``s
   that move its wires to the lowest bits and back.
 
 Expectations: observables are grouped by their X/Y flip mask ``m``;
@@ -542,7 +547,7 @@ def _apply_diagonal_run(b: _Builder, gates: list[Gate], state: _Complex) -> _Com
             key = "input" if p.kind == "input" else "theta"
             slopes[key].append((int(p.value), a[local]))
     if not (slopes["theta"] or slopes["input"]):  # a constant phase (z, s, t, cz, ...)
-        factor = np.exp(1j * constant)
+        factor = _snapped(np.exp(1j * constant))  # cz, z: exactly real
         parts = [factor.real, factor.imag] if np.any(factor.imag) else [factor.real]
         phase = _Complex(b.const(np.stack(parts)[:, :, None], "phase"), len(parts) == 2, False)
         return b.cmul(_mul(b), phase, state)
