@@ -47,7 +47,7 @@ class CacheGeometry:
     def probe(cls, model: nn.Module) -> CacheGeometry:
         """Read the geometry from one real forward pass (no per-architecture config reading)."""
         ids = torch.zeros(1, 1, dtype=torch.long)
-        cache = model(input_ids=ids, use_cache=True).past_key_values
+        cache = model(input_ids=ids, use_cache=True).cache
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         key = layers[0][0]
         return cls(num_layers=len(layers), num_kv_heads=key.shape[1], head_dim=key.shape[3])
@@ -86,10 +86,10 @@ class CausalLMWithCache(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 

@@ -15,9 +15,11 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir
 import torch
 from torch import nn
 
@@ -44,6 +46,7 @@ __all__ = [
     "check_architecture",
     "export_causal_lm",
     "export_graph",
+    "save_onnx",
 ]
 
 MIN_OPSET = 18  # the dynamo exporter's lowest (torchlib is written against opset 18)
@@ -54,6 +57,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Symbolic dims as the runtime conventions name them (see qwthn_onnx.runtime.signature).
 _BATCH, _SEQUENCE, _PAST = "batch", "sequence_length", "past_sequence_length"
 _TOTAL = "total_sequence_length"
+# Where an exported graph's initializers point until save_onnx writes them (never a real file).
+_PLACEHOLDER = "<weights held in memory: write with exporters.onnx_export.save_onnx>"
 
 
 class ExportError(ValueError):
@@ -62,9 +67,16 @@ class ExportError(ValueError):
 
 @dataclass
 class ExportedGraph:
-    """The exported ``model`` and what verification needs to rerun the PyTorch side."""
+    """The exported graph, its weights, and what verification needs to rerun PyTorch.
+
+    ``model`` holds no weight data: its initializers are placeholders (external data at a
+    location that does not exist), and ``weights`` maps each initializer name to the module's
+    own tensor, which :func:`save_onnx` streams to disk. The weights are never copied into a
+    protobuf in memory, so exporting a model costs about its own size, not three times it.
+    """
 
     model: onnx.ModelProto
+    weights: dict[str, onnx_ir.TensorProtocol]
     module: CausalLMWithCache
     geometry: CacheGeometry
     vocab_size: int
@@ -118,14 +130,13 @@ def _name_dims(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
-def _weights_map(module: CausalLMWithCache, model: onnx.ModelProto) -> dict[str, str]:
+def _weights_map(module: CausalLMWithCache, initializers: set[str]) -> dict[str, str]:
     """State-dict key of the adapted model -> initializer name, for every weight in the graph.
 
     A tensor shared by several keys (tied embeddings) is one initializer under one of its
     names. A parameter that is in no initializer would make the file impossible to import,
     so it is an error; an unused buffer is skipped (the importer rebuilds it from the config).
     """
-    initializers = {t.name for t in model.graph.initializer}
     aliases: dict[int, set[str]] = {}
     for name, tensor in [
         *module.named_parameters(remove_duplicate=False),
@@ -176,12 +187,33 @@ def _strip_trace_info(model: onnx.ModelProto) -> None:
         del node.metadata_props[:]
 
 
+def _detach_weights(
+    program: Any,
+) -> tuple[onnx.ModelProto, dict[str, onnx_ir.TensorProtocol]]:
+    """The program's graph as a ``ModelProto`` whose initializers carry no data, and the
+    initializer tensors by name (the module's own tensors, not copies)."""
+    graph = program.model.graph
+    weights: dict[str, onnx_ir.TensorProtocol] = {}
+    for name, value in graph.initializers.items():
+        tensor = value.const_value
+        weights[name] = tensor
+        value.const_value = onnx_ir.ExternalTensor(
+            _PLACEHOLDER, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=name
+        )
+    try:
+        return onnx_ir.serde.serialize_model(program.model), weights
+    finally:
+        for name, value in graph.initializers.items():
+            value.const_value = weights[name]
+
+
 def export_causal_lm(
     base: nn.Module, opset: int = DEFAULT_OPSET
-) -> tuple[onnx.ModelProto, CausalLMWithCache]:
+) -> tuple[onnx.ModelProto, dict[str, onnx_ir.TensorProtocol], CausalLMWithCache]:
     """The KV-cache graph of a causal LM (adapted or not), before fallbacks and metadata.
 
-    Returns the ``ModelProto`` and the :class:`CausalLMWithCache` it was traced from.
+    Returns the ``ModelProto`` (initializers without data, see :class:`ExportedGraph`), the
+    initializer tensors by name, and the :class:`CausalLMWithCache` it was traced from.
     """
     check_opset(opset)
     base.eval()
@@ -219,10 +251,10 @@ def export_causal_lm(
                 f"torch.onnx.export failed for {type(base).__name__}: "
                 f"{type(cause).__name__}: {summary}"
             ) from e
-    proto = program.model_proto
+    proto, weights = _detach_weights(program)
     _name_dims(proto)
     _strip_trace_info(proto)
-    return proto, module
+    return proto, weights, module
 
 
 def export_graph(
@@ -237,7 +269,7 @@ def export_graph(
     """
     base: nn.Module = model.base_model
     check_architecture(type(base).__name__)
-    proto, module = export_causal_lm(base, opset)
+    proto, weights, module = export_causal_lm(base, opset)
     geometry, vocab = module.geometry, base.get_output_embeddings().weight.shape[0]
     if fallback:
         attach_fallbacks(proto)  # also imports the ai.qwthn opset
@@ -248,8 +280,32 @@ def export_graph(
         "num_kv_heads": geometry.num_kv_heads,
         "head_dim": geometry.head_dim,
     }
-    metadata.weights = _weights_map(module, proto)
+    metadata.weights = _weights_map(module, set(weights))
     metadata.attach(proto)
     proto.producer_name = "qwthn-onnx"
     proto.producer_version = metadata.producer.get("version", "")
-    return ExportedGraph(model=proto, module=module, geometry=geometry, vocab_size=vocab)
+    return ExportedGraph(
+        model=proto, weights=weights, module=module, geometry=geometry, vocab_size=vocab
+    )
+
+
+def save_onnx(exported: ExportedGraph, path: Path, external_data: str | None) -> None:
+    """Write ``exported`` to ``path``, the weights streamed from the module's tensors.
+
+    With ``external_data`` (a file name beside ``path``) every tensor of 1 KiB or more goes
+    there, page-aligned, one tensor at a time; without it the file is self-contained (the
+    whole protobuf is built in memory, so only for small models)."""
+    model = onnx_ir.serde.deserialize_model(exported.model)
+    for name, value in model.graph.initializers.items():
+        value.const_value = exported.weights[name]
+    if external_data is None:
+        onnx_ir.save(model, path)
+    else:
+        onnx_ir.save(
+            model,
+            path,
+            external_data=external_data,
+            size_threshold_bytes=1024,
+            max_in_flight_bytes=64 << 20,
+            alignment=4096,
+        )

@@ -179,7 +179,10 @@ def _check_archive(path: Path) -> None:
 
 
 def read_model_pt(path: str | Path) -> dict[str, Any]:
-    """Load and validate the raw payload (no model is built). Raises ModelFileError."""
+    """Load and validate the raw payload (no model is built). Raises ModelFileError.
+
+    ``model_from_payload`` adopts the payload's tensors, so the weights exist once in memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
@@ -275,14 +278,32 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
     else:
         state = base["state_dict"]
         check_weights_fit(config, {k: v.shape for k, v in state.items()}, dtype, "model.pt")
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        try:
-            model.load_state_dict(base["state_dict"], strict=True)
-        except RuntimeError as e:
-            raise ModelFileError(f"base weights do not fit the stored config: {e}") from e
+        model = _model_from_state_dict(config, state, dtype)
     if type(model).__name__ != base["architecture"]:
         raise ModelFileError(
             f"config builds {type(model).__name__}, model.pt says {base['architecture']}"
+        )
+    return model
+
+
+def _model_from_state_dict(config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """The model of ``config`` holding the tensors of ``state`` themselves (no random init, no
+    copy: transformers builds on the meta device and assigns them), every key accounted for."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    try:
+        model, info = model_class.from_pretrained(
+            None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
+        )
+    except RuntimeError as e:  # a shape mismatch check_weights_fit did not catch
+        raise ModelFileError(f"base weights do not fit the stored config: {e}") from e
+    missing = sorted(set(info["missing_keys"]) - set(model.all_tied_weights_keys))
+    wrong = sorted({*info["unexpected_keys"], *info["mismatched_keys"]})
+    if missing or wrong:
+        raise ModelFileError(
+            f"base weights do not fit the stored config: missing {missing[:5]}, unexpected or "
+            f"mismatched {wrong[:5]}; the file is damaged"
         )
     return model
 

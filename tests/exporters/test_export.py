@@ -11,7 +11,7 @@ from exporters import SUPPORTED_ARCHITECTURES, ExportError, ExportOptions, expor
 from exporters.causal_lm import CacheGeometry, sample_inputs
 from exporters.cli import export_main
 from exporters.export import MANIFEST_NAME
-from exporters.verify import CASES
+from exporters.verify import NEW_TOKENS, PROMPTS
 from qwthn_onnx import ModelFileError
 from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node, register_schemas
 from qwthn_onnx.runtime import session_options
@@ -87,14 +87,25 @@ def test_metadata_carries_what_the_round_trip_needs(exported):
     assert params <= set(meta.weights)
 
 
-def test_verification_covers_both_runtimes_prefill_and_decode(exported):
+def test_verification_covers_both_runtimes_prefill_decode_chunk_and_generation(exported):
     _, result, _ = exported("llama")
     report = json.loads((result.directory / "verify.json").read_text())
     assert report["passed"] and report["runtimes"] == ["kernels", "fallback"]
-    cases = {c["case"] for c in report["checks"]}
-    assert len(cases) == len(CASES) and any("past=0" in c for c in cases)
-    assert any("sequence=1 past=6" in c for c in cases)
+    assert report["prompts"] == list(PROMPTS)  # the char tokenizer has no chat template
+    kinds = {c["case"].split()[0] for c in report["checks"]}
+    assert kinds == {"prefill", "decode", "chunk"}
+    assert any(c["case"].startswith("prefill batch=3") for c in report["checks"])  # left-padded
+    assert any(c["case"].startswith("prefill batch=1") for c in report["checks"])
+    assert {c["output"] for c in report["checks"]} == {"logits", "present"}
     assert max(c["max_abs_error"] for c in report["checks"]) < 1e-4
+    logits = [c for c in report["checks"] if c["output"] == "logits"]
+    assert all(c["disagreements"] == 0 and c["positions"] > 0 for c in logits)
+    generation = report["generation"]
+    assert {(g["runtime"], g["prompt"]) for g in generation} == {
+        (r, p) for r in ("kernels", "fallback") for p in range(len(PROMPTS))
+    }
+    assert all(g["tokens"] == g["expected"] and len(g["tokens"]) == NEW_TOKENS for g in generation)
+    assert set(report["criteria"]) >= {"logits", "present", "next_token", "generation"}
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
@@ -300,7 +311,7 @@ def test_interrupted_export_leaves_the_previous_output_and_no_partial(
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_module, "verify_export", interrupt)
+    monkeypatch.setattr(export_module, "verify_reference", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export_model(path, out)
     assert _snapshot(out) == before
