@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from example_common import (
     UsageError,
     adapt,
@@ -73,6 +74,8 @@ def run(argv: list[str] | None = None) -> QWTHNTrainer:
         logging_steps=1,
         seed=args.seed,
         report_to="none",
+        # Trainer runs the processes of torchrun on CPU as one distributed job only when told
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=args.quiet,
     )
     # QWTHNTrainer is Trainer, except that checkpoints hold the adapter, not the frozen base.
@@ -80,8 +83,9 @@ def run(argv: list[str] | None = None) -> QWTHNTrainer:
     trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model()  # the final adapter, in OUTPUT/
 
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
+    if trainer.is_world_process_zero():  # under torchrun, one process reports
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
     return trainer
 
 

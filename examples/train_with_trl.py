@@ -3,9 +3,11 @@
     python examples/train_with_trl.py                            # tiny demo model, no downloads
     python examples/train_with_trl.py --model DIR --data chat.jsonl --output out
 
-The data become records in TRL's formats (``{"messages": [...]}`` conversations, trained on
-assistant turns only; ``{"prompt", "completion"}`` plain records, trained on the completion),
-rendered with the model's chat template. OUTPUT/ holds the adapter, as in the Trainer example.
+The data become records in TRL's formats (``qwthn_onnx.integrations.sft_records``): one-answer
+conversations as conversational prompt/completion, conversations with several trained answers
+as ``{"messages": [...]}`` (assistant turns only), plain records as prompt/completion strings;
+conversations are rendered with the model's chat template. The loss falls where qwthn-train
+puts it. OUTPUT/ holds the adapter, as in the Trainer example.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from example_common import (
     UsageError,
@@ -72,8 +75,8 @@ def run(argv: list[str] | None = None) -> QWTHNSFTTrainer:
     model = adapt(base, args)
 
     records = sft_records(chat_examples(args))
-    conversational = "messages" in records[0]
-    if conversational and tokenizer.chat_template is None:
+    chat = "messages" in records[0] or isinstance(records[0]["prompt"], list)
+    if chat and tokenizer.chat_template is None:
         raise UsageError(
             f"the tokenizer of {args.model} has no chat template, which conversations need; "
             "use an instruct model, or plain prompt/completion records"
@@ -86,24 +89,36 @@ def run(argv: list[str] | None = None) -> QWTHNSFTTrainer:
         save_steps=args.save_steps,
         logging_steps=1,
         max_length=args.max_length,
-        assistant_only_loss=conversational,  # loss on the assistant's turns only
+        # {"messages"} records (several answers per conversation) train the assistant turns
+        # only; prompt/completion records always train the completion only.
+        assistant_only_loss="messages" in records[0],
         bf16=False,  # TRL's default is bf16; the adapter's circuit needs float32
         seed=args.seed,
         report_to="none",
+        # Trainer runs the processes of torchrun on CPU as one distributed job only when told
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=args.quiet,
     )
-    # peft_config stays None: the model already carries its (QWTHN) adapters.
-    trainer = QWTHNSFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(records),
-        processing_class=tokenizer,
-    )
+    try:
+        # peft_config stays None: the model already carries its (QWTHN) adapters.
+        trainer = QWTHNSFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(records),
+            processing_class=tokenizer,
+        )
+    except ValueError as e:  # TRL's word on the data or the chat template
+        raise UsageError(
+            f"{e}\n(conversations that train several answers need a chat template that marks "
+            "them with {% generation %}, or one TRL can patch; one-answer conversations work "
+            "with any template)"
+        ) from e
     trainer.train()
     trainer.save_model()
 
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
+    if trainer.is_world_process_zero():  # under torchrun, one process reports
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
     return trainer
 
 

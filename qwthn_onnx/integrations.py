@@ -18,6 +18,7 @@ state), which :func:`qwthn_onnx.adapter.load_adapter` attaches to a fresh base m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ class QWTHNTrainerMixin:
             )
         self.qwthn_model = model
         super().__init__(model.base_model, *args, **kwargs)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.args.world_size == 1:
+            raise AdapterError(
+                f"launched as {launched} processes, but Trainer runs each as a separate job "
+                "(each on all the data, all writing the same files): without a GPU, pass "
+                "use_cpu=True in the training arguments to train them as one distributed job"
+            )
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise AdapterError(
                 "Trainer's FSDP and DeepSpeed integrations save whole-model checkpoints, which "
@@ -112,25 +120,40 @@ def __getattr__(name: str) -> Any:
 
 def sft_records(examples: Sequence[Example]) -> list[dict[str, Any]]:
     """Examples (from :func:`qwthn_onnx.data.load_examples`) as records in TRL's dataset formats,
-    for ``datasets.Dataset.from_list``: conversations as ``{"messages": [...]}`` (conversational
-    language modeling; train with ``assistant_only_loss=True``), plain records as
-    ``{"prompt", "completion"}`` (TRL then trains the completion only).
+    for ``datasets.Dataset.from_list``, trained on what ``qwthn-train`` trains:
 
-    TRL trains every assistant turn, so a conversation with an untrained assistant turn (OpenAI
-    ``"weight": 0``) is refused rather than trained on a turn it was meant to skip.
+    - plain records: ``{"prompt", "completion"}`` strings (TRL trains the completion);
+    - conversations that train one answer (the usual one-turn chat, or earlier answers with
+      OpenAI ``"weight": 0``): conversational ``{"prompt": [...], "completion": [answer]}``,
+      which TRL trains with any chat template;
+    - otherwise ``{"messages": [...]}``, to train with ``assistant_only_loss=True``, which needs
+      a chat template with ``{% generation %}`` markers (or one TRL can patch). Every assistant
+      turn is then trained, so a conversation training some answers but not others is refused.
+
+    Turns after the last trained answer carry no loss and are left out.
     """
+    conversations = [ex for ex in examples if ex.messages]
+    if not conversations:
+        return [{"prompt": ex.prompt, "completion": ex.completion} for ex in examples]
+    if len(conversations) < len(examples):
+        raise DataError(
+            "the examples mix plain records and conversations; a TRL dataset takes one format, "
+            "so train them separately"
+        )
+    one_answer = all(sum(m.trained for m in ex.messages) == 1 for ex in conversations)
     records = []
-    for i, ex in enumerate(examples):
-        if not ex.messages:
-            records.append({"prompt": ex.prompt, "completion": ex.completion})
+    for i, ex in enumerate(conversations):
+        last = max(j for j, m in enumerate(ex.messages) if m.trained)
+        turns = [{"role": m.role, "content": m.content} for m in ex.messages[: last + 1]]
+        if one_answer:
+            records.append({"prompt": turns[:-1], "completion": turns[-1:]})
             continue
-        skipped = [m for m in ex.messages if m.role == "assistant" and not m.trained]
-        if skipped:
-            where = ex.source or f"example {i}"
+        if any(m.role == "assistant" and not m.trained for m in ex.messages[:last]):
             raise DataError(
-                f"{where}: an assistant turn is marked untrained (weight 0), which TRL's "
-                "SFTTrainer cannot express (it trains every assistant turn); drop the turn, "
+                f"{ex.source or f'example {i}'}: trains some assistant turns but not others "
+                "(weight 0), which TRL's SFTTrainer cannot express: it trains either one answer "
+                "(prompt/completion) or every assistant turn (messages); split the conversation, "
                 "or train with qwthn-train, which honours the weights"
             )
-        records.append({"messages": [{"role": m.role, "content": m.content} for m in ex.messages]})
+        records.append({"messages": turns})
     return records

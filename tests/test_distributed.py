@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import socket
@@ -15,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qwthn_onnx import native
+from qwthn_onnx import AdapterError, QWTHNConfig, QWTHNModel, native
 from qwthn_onnx.circuit import build_ansatz
+from qwthn_onnx.integrations import QWTHNTrainer
 from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 from tests.examples_loader import EXAMPLES, TINY_ADAPTER, load_example
 
@@ -28,6 +30,7 @@ ARGS = [*TINY_ADAPTER, "--steps", "3", "--optimizer", "sgd", "--lr", "0.5"]
 # float32 rounding in another order, a few ulps (2.4e-7 measured on parameters of size ~2).
 # Wrong normalisation (per-process means, a missing factor of the process count) is >= 1e-3.
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+SMALL = QWTHNConfig(rank=4, n_qubits=2, n_layers=1)
 
 
 def _losses(stdout: str) -> list[float]:
@@ -76,21 +79,27 @@ def test_fsdp2_with_the_kernel_in_one_process_matches_plain_training(tmp_path, r
     _check_matches(reference, _losses(stdout.getvalue()), out)
 
 
-def _launch(launcher: list[str], strategy: str, out, tmp_path) -> str:
+def _run(command: list[str], tmp_path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
     # one thread per process; HF_HOME: no accelerate config file of the user's applies
     env.update(OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
+def _launch(launcher: list[str], strategy: str, out, tmp_path) -> str:
     command = [*launcher, SCRIPT, *ARGS, "--strategy", strategy, "--output", str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    result = _run(command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"(2 process(es), {strategy})" in result.stdout
     return result.stdout
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_torchrun_two_processes_match_one(tmp_path, reference, strategy):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    stdout = _launch([*torchrun, "--nproc-per-node", "2"], strategy, tmp_path / "out", tmp_path)
+    stdout = _launch(TORCHRUN, strategy, tmp_path / "out", tmp_path)
     _check_matches(reference, _losses(stdout), tmp_path / "out")
 
 
@@ -130,3 +139,38 @@ def test_launch_mistakes_stop_every_process_before_any_collective(
     assert common.run_main(example.run, [*argv, "--output", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not torch.distributed.is_initialized()
+
+
+def test_trainer_under_torchrun_matches_one_process(tmp_path):
+    """QWTHNTrainer with DDP: 2 processes x 4 examples train as 1 process x 8."""
+    args = [*TINY_ADAPTER, "--steps", "3", "--save-steps", "3", "--quiet"]
+    one = load_example("train_with_trainer").run(
+        [*args, "--batch-size", "8", "--output", str(tmp_path / "one")]
+    )
+    script = str(EXAMPLES / "train_with_trainer.py")
+    command = [*TORCHRUN, script, *args, "--batch-size", "4", "--output", str(tmp_path / "two")]
+    result = _run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("adapter saved") == 1  # one process reports (and writes)
+    state = json.loads((tmp_path / "two" / "checkpoint-3" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    expected = [entry["loss"] for entry in one.state.log_history if "loss" in entry]
+    torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
+    # AdamW divides by the gradients' own scale, so float32 rounding of near-zero gradient
+    # entries moves parameters more than with SGD: 2e-6 measured; the batch split wrong
+    # (each process on all the data) moved them by 2.5e-2.
+    got = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for key, value in load_file(tmp_path / "one" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=5e-5, msg=key)
+
+
+def test_trainer_refuses_torchrun_processes_it_would_run_apart(tmp_path, monkeypatch):
+    """Without a GPU and without use_cpu=True, Trainer treats torchrun's processes as separate
+    jobs (measured: world_size 1 in each), which would train each on all the data."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(str(tmp_path), report_to="none")  # decided here: one process
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun would have set
+    model = QWTHNModel(load_example("example_common").load_base(None, 0)[0], SMALL)
+    with pytest.raises(AdapterError, match="pass use_cpu=True"):
+        QWTHNTrainer(model=model, args=args)

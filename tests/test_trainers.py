@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from qwthn_onnx.integrations import QWTHNSFTTrainer, QWTHNTrainer, sft_records
 from tests.examples_loader import TINY_ADAPTER, load_example
 
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "trainers.md"
 
 
 def _losses(trainer) -> list[float]:
@@ -104,41 +107,75 @@ def test_sft_trainer_on_chat_data_trains_assistant_turns_like_trainer(tmp_path, 
 
 
 CHAT = [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
+CHAT2 = [*CHAT, {"role": "user", "content": "3+3="}, {"role": "assistant", "content": "6"}]
 
 
 @pytest.mark.parametrize(
-    "records",
-    [[{"messages": CHAT}], [{"prompt": "2+2=", "completion": "4"}]],
-    ids=["messages", "prompt-completion"],
+    ("records", "assistant_only_loss"),
+    [
+        ([{"messages": CHAT}], False),  # one answer: conversational prompt/completion
+        ([{"messages": CHAT2}], True),  # two answers: messages, the template's generation marks
+        ([{"prompt": "2+2=", "completion": "4"}], False),
+    ],
+    ids=["one-answer-chat", "multi-turn-chat", "prompt-completion"],
 )
-def test_sft_trainer_reads_data_files(tmp_path, records):
+def test_sft_trainer_reads_data_files(tmp_path, records, assistant_only_loss):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records * 8))
     args = ["--data", str(data), "--steps", "6", "--batch-size", "4", "--quiet"]
     trainer = load_example("train_with_trl").run(
         [*TINY_ADAPTER, *args, "--output", str(tmp_path / "out")]
     )
+    assert trainer.args.assistant_only_loss == assistant_only_loss
     losses = _losses(trainer)
     assert len(losses) == 6 and losses[-1] < losses[0]
 
 
-def test_sft_records_formats_and_refusals():
-    chat = Example(messages=(Message("user", "hi"), Message("assistant", "yo", trained=True)))
-    assert sft_records([chat, chat])[0] == {
-        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    }
-    assert sft_records([Example("1+1=", "2")]) == [{"prompt": "1+1=", "completion": "2"}]
-    skipped = Example(
-        messages=(
-            Message("user", "a"),
-            Message("assistant", "b"),  # weight 0: TRL would train it
-            Message("user", "c"),
-            Message("assistant", "d", trained=True),
-        ),
+def _chat(*turns: tuple[str, str, bool], source: str = "") -> Example:
+    return Example(messages=tuple(Message(*t) for t in turns), source=source)
+
+
+def test_sft_records_train_what_qwthn_train_trains():
+    plain = [Example("1+1=", "2"), Example("", "some text")]
+    assert sft_records(plain) == [
+        {"prompt": "1+1=", "completion": "2"},
+        {"prompt": "", "completion": "some text"},
+    ]
+    # One trained answer: conversational prompt/completion (any chat template); an answer
+    # given with weight 0 stays in the prompt, a turn after the trained one is left out.
+    weighted = _chat(
+        ("user", "a", False), ("assistant", "b", False), ("user", "c", False),
+        ("assistant", "d", True), ("user", "e", False),
+    )  # fmt: skip
+    assert sft_records([weighted]) == [
+        {
+            "prompt": [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"},
+            ],
+            "completion": [{"role": "assistant", "content": "d"}],
+        }
+    ]
+    # Several trained answers somewhere: {"messages"} for every record (one format per dataset).
+    one = _chat(("user", "x", False), ("assistant", "y", True))
+    two = _chat(("user", "a", False), ("assistant", "b", True), ("user", "c", False),
+                ("assistant", "d", True))  # fmt: skip
+    records = sft_records([one, two])
+    assert [list(r) for r in records] == [["messages"], ["messages"]]
+    assert [t["content"] for t in records[1]["messages"]] == ["a", "b", "c", "d"]
+
+
+def test_sft_records_refuse_what_trl_cannot_express():
+    partly = _chat(
+        ("user", "a", False), ("assistant", "b", False), ("user", "c", False),
+        ("assistant", "d", True), ("user", "e", False), ("assistant", "f", True),
         source="chat.jsonl:3",
-    )
-    with pytest.raises(DataError, match=r"chat\.jsonl:3: .*untrained"):
-        sft_records([skipped])
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"chat\.jsonl:3: trains some assistant turns but not"):
+        sft_records([partly])
+    with pytest.raises(DataError, match="mix plain records and conversations"):
+        sft_records([Example("1+1=", "2"), _chat(("user", "x", False), ("assistant", "y", True))])
 
 
 def test_trainers_refuse_what_they_cannot_save(tmp_path, tiny_model):
@@ -166,3 +203,20 @@ def test_examples_report_misuse_without_a_traceback(tmp_path, capsys):
         example.run(["--steps", "0"])
     assert exit_info.value.code == 2
     assert "positive whole number" in capsys.readouterr().err
+
+
+def test_the_documented_snippets_run(tmp_path, monkeypatch, batch):
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    trainer_snippet: dict = {}
+    exec(blocks[0], trainer_snippet)
+    model, restored = trainer_snippet["model"], trainer_snippet["restored"]
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(restored(**batch).logits, model(**batch).logits)
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= ADAPTER_FILES
+    sft_snippet: dict = {}
+    exec(blocks[1], sft_snippet)
+    assert sft_snippet["trainer"].state.global_step == 2
+    assert {p.name for p in (tmp_path / "sft-out").iterdir()} >= ADAPTER_FILES
