@@ -38,9 +38,11 @@ class QWTHNTrainerMixin:
     """Put before a ``Trainer`` subclass: ``class MyTrainer(QWTHNTrainerMixin, Trainer)``.
 
     Takes a :class:`QWTHNModel` as ``model``; saves and resumes its adapter, PEFT-style. The
-    trained model is ``trainer.qwthn_model``. Distributed training with ``torchrun`` (DDP) works;
-    Trainer's FSDP and DeepSpeed integrations are refused (their checkpoints hold whole models):
-    see ``examples/train_distributed.py`` for FSDP2.
+    trained model is ``trainer.qwthn_model`` (``trainer.model`` is its adapted transformers
+    model). DDP with ``torchrun`` works (on CPU with ``use_cpu=True``, without which Trainer runs
+    each process as a job of its own: refused). Trainer's FSDP and DeepSpeed integrations are
+    refused (their checkpoints hold whole models): see ``examples/train_distributed.py`` for
+    FSDP2.
     """
 
     def __init__(self, model: QWTHNModel, *args: Any, **kwargs: Any) -> None:
@@ -109,8 +111,6 @@ def _sft_trainer_class() -> type:
 
 
 def __getattr__(name: str) -> Any:
-    # TRL is optional: QWTHNSFTTrainer is built on first use, so importing this module never
-    # needs it.
     if name == "QWTHNSFTTrainer":
         cls = _sft_trainer_class()
         globals()[name] = cls

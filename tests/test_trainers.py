@@ -220,3 +220,47 @@ def test_the_documented_snippets_run(tmp_path, monkeypatch, batch):
     exec(blocks[1], sft_snippet)
     assert sft_snippet["trainer"].state.global_step == 2
     assert {p.name for p in (tmp_path / "sft-out").iterdir()} >= ADAPTER_FILES
+
+
+def test_examples_take_a_hugging_face_folder(tmp_path, tokenizer, capsys):
+    """--model DIR: the folder's model and tokenizer; chat data need the tokenizer's template."""
+    folder = tmp_path / "hf-model"
+    build_tiny_model(tokenizer, "llama", seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    args = [*TINY_ADAPTER, "--model", str(folder), "--steps", "2", "--quiet"]
+    trainer = load_example("train_with_trainer").run([*args, "--output", str(tmp_path / "a")])
+    assert trainer.state.global_step == 2
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": CHAT}) + "\n")
+    example, common = load_example("train_with_trl"), load_example("example_common")
+    argv = [*args, "--data", str(chat), "--output", str(tmp_path / "b")]
+    assert common.run_main(example.run, argv) == 2
+    assert "has no chat template, which conversations need" in capsys.readouterr().err
+
+
+def test_load_best_model_at_end_loads_the_best_checkpoints_adapter(tmp_path, tokenizer):
+    from torch.utils.data import StackDataset
+    from transformers import TrainingArguments
+
+    from qwthn_onnx import tokenize_examples
+    from qwthn_onnx.demo import finetune_task
+
+    data = tokenize_examples(finetune_task(n_train=32, n_test=0)[0], tokenizer)
+    dataset = StackDataset(
+        input_ids=data.input_ids, attention_mask=data.attention_mask, labels=data.labels
+    )
+    model = QWTHNModel(build_tiny_model(tokenizer), QWTHNConfig(rank=4, n_qubits=2, n_layers=1))
+    args = TrainingArguments(
+        str(tmp_path), max_steps=4, save_steps=2, eval_strategy="steps", eval_steps=2,
+        learning_rate=5e-2, load_best_model_at_end=True, metric_for_best_model="loss",
+        greater_is_better=True,  # "best" = the higher eval loss: the earlier checkpoint
+        report_to="none", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = QWTHNTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+    best = load_file(tmp_path / "checkpoint-2" / "adapter_model.safetensors")
+    last = load_file(tmp_path / "checkpoint-4" / "adapter_model.safetensors")
+    now = model.adapter_state_dict()
+    assert all(torch.equal(now[k], v) for k, v in best.items())
+    assert any(not torch.equal(now[k], v) for k, v in last.items())
