@@ -92,7 +92,7 @@ def run(argv: list[str] | None = None) -> QWTHNSFTTrainer:
         # {"messages"} records (several answers per conversation) train the assistant turns
         # only; prompt/completion records always train the completion only.
         assistant_only_loss="messages" in records[0],
-        bf16=False,  # TRL's default is bf16; the adapter's circuit needs float32
+        bf16=False,  # float32, as in the Trainer example (TRL's default is bf16 autocast)
         seed=args.seed,
         report_to="none",
         # Trainer runs the processes of torchrun on CPU as one distributed job only when told
