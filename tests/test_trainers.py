@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from qwthn_onnx import AdapterError, DataError, QWTHNConfig, QWTHNModel, load_adapter
 from qwthn_onnx.data import Example, Message
-from qwthn_onnx.demo import build_tiny_model
+from qwthn_onnx.demo import build_char_tokenizer, build_tiny_model
 from qwthn_onnx.integrations import QWTHNSFTTrainer, QWTHNTrainer, sft_records
 from tests.examples_loader import TINY_ADAPTER, load_example
 
@@ -264,3 +264,19 @@ def test_load_best_model_at_end_loads_the_best_checkpoints_adapter(tmp_path, tok
     now = model.adapter_state_dict()
     assert all(torch.equal(now[k], v) for k, v in best.items())
     assert any(not torch.equal(now[k], v) for k, v in last.items())
+
+
+def test_several_answers_need_a_template_with_generation_marks(tmp_path, capsys):
+    """SmolLM2's case: a chat template TRL cannot mark assistant turns in."""
+    tokenizer = build_char_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    folder = tmp_path / "hf-model"
+    build_tiny_model(tokenizer, "llama", seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": CHAT2}) + "\n")
+    argv = [*TINY_ADAPTER, "--model", str(folder), "--data", str(chat), "--quiet"]
+    example, common = load_example("train_with_trl"), load_example("example_common")
+    assert common.run_main(example.run, [*argv, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "not training-compatible" in err and "one-answer conversations work" in err
