@@ -132,6 +132,14 @@ class QWTHNAdapter(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # Mixed precision (bf16 autocast) stops here: the circuit kernels take float32/64
+            # only, and the adapter is small enough that full precision costs nothing.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._delta(x)
+        return self._delta(x)
+
+    def _delta(self, x: torch.Tensor) -> torch.Tensor:
         compute = torch.promote_types(x.dtype, torch.float32)
         x = x.to(compute)
         a = self.mpo_down(x)
