@@ -145,9 +145,7 @@ def _summary(result: ExportResult, verbose: bool) -> list[Table]:
         for c in rows:
             tokens = ""
             if c.output == "logits":
-                tokens = f"{c.positions - c.disagreements - c.near_ties}/{c.positions} agree"
-                if c.near_ties:
-                    tokens += f", {c.near_ties} near-ties"
+                tokens = f"{c.positions - c.flips}/{c.positions} agree"
             checks.add_row(
                 c.runtime,
                 c.case,

@@ -229,7 +229,9 @@ def export_causal_lm(
         warnings.catch_warnings(),
         _quiet_torch_onnx_logs(),
     ):
-        warnings.simplefilter("ignore", (FutureWarning, UserWarning, DeprecationWarning))
+        # torch.export's own chatter (dims it merged, get_attr nodes, pytree pickling) is not
+        # the user's business; anything transformers warns about (a deprecated API) stays loud.
+        warnings.filterwarnings("ignore", module=r"(torch|copyreg)(\.|$)")
         try:
             program = torch.onnx.export(
                 module,

@@ -12,9 +12,9 @@ whether the file computes the same model, so verification compares what the mode
   the fallback functions only). Logits and every ``present`` tensor must lie within
   ``atol + rtol * scale``, where ``scale`` is the largest magnitude of that output in PyTorch:
   errors are judged against the output's own size, on the positions the mask keeps.
-- **Next tokens:** the argmax of every position must agree, unless PyTorch's top two logits are
-  closer than twice the measured error (a near-tie that float noise may flip; counted, not
-  failed). Log-probability error and the KL divergence are reported too.
+- **Next tokens:** how many positions pick PyTorch's token is reported. A flip needs PyTorch's top
+  two logits closer than twice the logits error, so where the logits hold their bound only
+  near-ties can flip. Log-probability error and the KL divergence are reported too.
 - **Generation:** each runtime then generates greedily from the same prompts with its own cache;
   the tokens must equal PyTorch's, unless they part at a near-tie.
 
@@ -71,8 +71,9 @@ CRITERIA = {
     "logits": "max |onnx - torch| over kept positions <= atol + rtol * max |torch logits|",
     "present": "per present tensor: max |onnx - torch| over kept positions <= atol + rtol * "
     "max |torch present|",
-    "next_token": "argmax(onnx) == argmax(torch) at every kept position, unless torch's top-2 "
-    "margin <= 2 * the step's max logit error (a near-tie: counted, not failed)",
+    "next_token": "reported, not gated: kept positions whose argmax differs from torch's "
+    "(flips); a flip needs torch's top-2 margin < 2 * the logits error, so the logits bound "
+    "decides",
     "generation": "greedy tokens equal torch's, or part only where torch's top-2 margin <= 2 * "
     "the largest logit error seen in the replay (a near-tie)",
     "reported": "logprob_error: max |log p_onnx - log p_torch| on torch's top-10 tokens; "
@@ -120,8 +121,7 @@ class OutputCheck:
     bound: float
     passed: bool
     positions: int = 0  # logits: kept positions compared
-    disagreements: int = 0  # logits: argmax differs outside near-ties
-    near_ties: int = 0  # logits: argmax differs at a near-tie
+    flips: int = 0  # logits: positions whose argmax differs from PyTorch's
     logprob_error: float = 0.0
     kl: float = 0.0
 
@@ -158,17 +158,11 @@ class VerifyReport:
         for c in sorted(self.checks, key=lambda c: -_ratio(c.max_abs_error, c.bound)):
             if c.passed:
                 continue
-            if c.max_abs_error > c.bound:
-                lines.append(
-                    f"output {c.output} ({c.runtime}, {c.case}) differs from PyTorch by "
-                    f"{c.max_abs_error:.3g}, above the bound {c.bound:.3g} (atol {self.atol} + "
-                    f"rtol {self.rtol} x scale {c.scale:.3g})"
-                )
-            else:
-                lines.append(
-                    f"next tokens ({c.runtime}, {c.case}): {c.disagreements} of {c.positions} "
-                    f"positions pick another token than PyTorch, not at a near-tie"
-                )
+            lines.append(
+                f"output {c.output} ({c.runtime}, {c.case}) differs from PyTorch by "
+                f"{c.max_abs_error:.3g}, above the bound {c.bound:.3g} (atol {self.atol} + "
+                f"rtol {self.rtol} x scale {c.scale:.3g})"
+            )
         for g in self.generation:
             if not g.passed:
                 lines.append(
@@ -338,17 +332,12 @@ def _check_logits(
     error = float(np.abs(got - expected).max()) if finite else float("inf")
     scale = float(np.abs(expected).max())
     bound = atol + rtol * scale
-    top2 = np.sort(expected, axis=-1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    differs = got.argmax(axis=-1) != expected.argmax(axis=-1)
-    near_tie = margin <= 2 * error
     log_p, log_q = _log_softmax(expected), _log_softmax(got)
     top = np.argsort(-expected, axis=-1)[:, :TOP_K_LOGPROB]
     logprob_error = np.abs(
         np.take_along_axis(log_p, top, axis=-1) - np.take_along_axis(log_q, top, axis=-1)
     )
     kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    disagreements = int((differs & ~near_tie).sum())
     return OutputCheck(
         runtime=runtime,
         case=step.name,
@@ -356,10 +345,9 @@ def _check_logits(
         max_abs_error=error,
         scale=scale,
         bound=bound,
-        passed=finite and error <= bound and disagreements == 0,
+        passed=finite and error <= bound,
         positions=int(keep.sum()),
-        disagreements=disagreements,
-        near_ties=int((differs & near_tie).sum()),
+        flips=int((got.argmax(axis=-1) != expected.argmax(axis=-1)).sum()),
         logprob_error=float(logprob_error.max()) if finite else float("inf"),
         kl=float(kl.max()) if finite else float("inf"),
     )
