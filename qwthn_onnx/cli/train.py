@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import signal
@@ -31,7 +32,14 @@ from qwthn_onnx.adapter import (
 )
 from qwthn_onnx.checkpoint import ModelFileError, check_output_file, save_model_pt
 from qwthn_onnx.circuit import CircuitError
-from qwthn_onnx.data import DataError, load_examples, tokenize_examples
+from qwthn_onnx.data import (
+    CHAT_TEMPLATE_MODES,
+    DataError,
+    Example,
+    load_examples,
+    split_examples,
+    tokenize_examples,
+)
 from qwthn_onnx.demo import (
     DEMO_ADAPTER,
     DEMO_ARCHITECTURES,
@@ -44,11 +52,36 @@ from qwthn_onnx.demo import (
 )
 from qwthn_onnx.mpo import MPOError
 from qwthn_onnx.pretrained import PACKAGED_MODELS, load_pretrained, locate_model
-from qwthn_onnx.training import TrainingArguments, train
+from qwthn_onnx.training import (
+    LR_SCHEDULERS,
+    MIXED_PRECISION_MODES,
+    OPTION_HELP,
+    TrainingArguments,
+    TrainingError,
+    check_checkpoint_dir,
+    resolve_checkpoint,
+    train,
+)
 
 # Circuit IR per module is set with `qwthn-qasm load` (or replace_circuit), not on a command line.
 CONFIG_FIELDS_WITHOUT_FLAGS = frozenset({"circuits"})
-USER_ERRORS = (AdapterError, ConfigError, DataError, ModelFileError, CircuitError, MPOError)
+USER_ERRORS = (
+    AdapterError,
+    ConfigError,
+    DataError,
+    ModelFileError,
+    CircuitError,
+    MPOError,
+    TrainingError,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``error:`` (exit 2), like every other bad input here, instead
+    of the usage text of some sixty options."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +106,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="qwthn-train",
         description="Fine-tune a causal LM with QWTHN adapters and write model.pt. "
         "Without --model: the embedded demo (tiny model, generated data, no downloads).",
@@ -105,7 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--steps", type=int, help=f"default {defaults.steps} (demo: {DEMO_TRAINING['steps']})"
     )
-    t.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    t.add_argument("--epochs", type=float, help=OPTION_HELP["epochs"] + " (instead of --steps)")
+    t.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=OPTION_HELP["batch_size"]
+    )
+    t.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=defaults.gradient_accumulation_steps,
+        metavar="N",
+        help=OPTION_HELP["gradient_accumulation_steps"],
+    )
     t.add_argument(
         "--lr",
         type=float,
@@ -114,9 +157,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     t.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    t.add_argument(
+        "--lr-scheduler",
+        choices=LR_SCHEDULERS,
+        default=defaults.lr_scheduler,
+        metavar="NAME",
+        help=OPTION_HELP["lr_scheduler"],
+    )
+    t.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_MODES,
+        default=defaults.mixed_precision,
+        help=OPTION_HELP["mixed_precision"],
+    )
     t.add_argument("--seed", type=int, default=defaults.seed)
     t.add_argument(
         "--max-length", type=int, default=256, help="truncate examples to this many tokens"
+    )
+    t.add_argument(
+        "--chat-template",
+        choices=CHAT_TEMPLATE_MODES,
+        default="auto",
+        help="conversations: the tokenizer's chat template when it has one (auto), always (on, "
+        "an error without one) or never (off: a plain 'Role: text' layout)",
+    )
+    e = p.add_argument_group("evaluation")
+    e.add_argument(
+        "--validation-data", type=Path, metavar="FILE", help="validation set (formats as --data)"
+    )
+    e.add_argument(
+        "--validation-split",
+        type=float,
+        metavar="FRACTION",
+        help="hold out this fraction of the training examples (shuffled with --seed) instead",
+    )
+    e.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help=OPTION_HELP["eval_every"] + "; the demo's default validation set is its held-out set",
+    )
+    c = p.add_argument_group("checkpoints")
+    c.add_argument(
+        "--checkpoint-every", type=int, metavar="N", help=OPTION_HELP["checkpoint_every"]
+    )
+    c.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        metavar="DIR",
+        help="where checkpoint-<step>/ directories go (default: beside --output, named after it: "
+        "model.pt -> model-checkpoints/)",
+    )
+    c.add_argument(
+        "--save-total-limit", type=int, metavar="N", help=OPTION_HELP["save_total_limit"]
+    )
+    c.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="PATH",
+        help="continue an interrupted run from a checkpoint: PATH (checkpoint-<step>/ or a "
+        "directory of them), or the latest in --checkpoint-dir; give the run's other options "
+        "unchanged",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
     p.add_argument("--version", action="version", version=f"qwthn-onnx {__version__}")
@@ -138,7 +240,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, training: dict):
-    """Tiny base pre-trained on addition; returns (base, tokenizer, examples, held-out test)."""
+    """The tiny base, pre-trained on addition, and its tokenizer."""
     tokenizer = build_char_tokenizer()
     base = build_tiny_model(tokenizer, args.arch, seed=args.seed)
     find_target_modules(base, config.target_modules or default_target_modules(base))
@@ -160,7 +262,62 @@ def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, 
         "final_loss": pre.final_loss,
         "eval": accuracy,
     }
-    return (base, tokenizer, *finetune_task(n, n_test, args.seed))
+    return base, tokenizer
+
+
+def _training_arguments(args: argparse.Namespace, demo: bool) -> TrainingArguments:
+    """The loop's options from the flags (the demo has its own steps and learning rate);
+    built before any work, so that every bad option fails at once."""
+    if args.steps is not None and args.epochs is not None:
+        raise TrainingError("--steps and --epochs are alternatives: give one of them")
+    wants_dir = args.checkpoint_every is not None or args.resume is not None
+    if args.checkpoint_dir is not None and not wants_dir:
+        raise TrainingError("--checkpoint-dir needs --checkpoint-every (or --resume)")
+    chosen = {
+        k: v for k in ("steps", "epochs", "learning_rate") if (v := getattr(args, k)) is not None
+    }
+    defaults = dict(DEMO_TRAINING) if demo else {}
+    if args.epochs is not None:
+        defaults.pop("steps", None)
+    checkpoint_dir = args.checkpoint_dir or args.output.with_name(f"{args.output.stem}-checkpoints")
+    return TrainingArguments(
+        **{**defaults, **chosen},
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        lr_scheduler=args.lr_scheduler,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=checkpoint_dir if wants_dir else None,
+        save_total_limit=args.save_total_limit,
+        mixed_precision=args.mixed_precision,
+    )
+
+
+def _validation_split(
+    args: argparse.Namespace, examples: list[Example], test: list[Example], training: dict
+) -> tuple[list[Example], list[Example]]:
+    """(training examples, validation examples): a file, a seeded split, the demo's held-out
+    set when only --eval-every asks for one, or none."""
+    if args.validation_data is not None and args.validation_split is not None:
+        raise DataError("--validation-data and --validation-split are alternatives: give one")
+    if args.validation_data is not None:
+        path = args.validation_data
+        training["validation"] = {"path": str(path), "sha256": _file_digest(path)}
+        return examples, load_examples(path)
+    if args.validation_split is not None:
+        training["validation"] = {"split": args.validation_split, "seed": args.seed}
+        return split_examples(examples, args.validation_split, args.seed)
+    if args.eval_every is None:
+        return examples, []
+    if not test:
+        raise DataError(
+            "--eval-every needs a validation set: --validation-data or --validation-split"
+        )
+    training["validation"] = "generated:and_add:held-out"
+    return examples, test
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
@@ -176,17 +333,23 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         raise DataError("--data is required with --model (a .txt or .jsonl dataset)")
     source = None if demo else locate_model(args.model)
     config = _adapter_config(args, demo)
-    examples = load_examples(args.data) if args.data is not None else None
-    if examples is not None:
+    targs = _training_arguments(args, demo)
+    resume = resolve_checkpoint(args.resume, targs.checkpoint_dir) if args.resume else None
+    if targs.checkpoint_every is not None:
+        check_checkpoint_dir(targs.checkpoint_dir, resuming=resume is not None)
+    test: list[Example] = []
+    if args.data is not None:
+        examples = load_examples(args.data)
         training["dataset"] = {"path": str(args.data), "sha256": _file_digest(args.data)}
+    else:  # the demo's task: held-out examples to score exact match on
+        examples, test = finetune_task(args.train_examples, args.test_examples, args.seed)
+        training["dataset"] = f"generated:and_add:n={len(examples)}:seed={args.seed}"
+    examples, validation = _validation_split(args, examples, test, training)
 
-    test: list = []
     if demo:
-        base, tokenizer, demo_examples, demo_test = _demo_base(args, config, console, training)
-        if examples is None:
+        base, tokenizer = _demo_base(args, config, console, training)
+        if test:
             console.print("fine-tuning task: a notation the base never saw, '23&58=' -> '81'")
-            examples, test = demo_examples, demo_test
-            training["dataset"] = f"generated:and_add:n={len(examples)}:seed={args.seed}"
     else:
         base, tokenizer, base_dir = load_pretrained(source, console=console)
         training["base_model_path"] = str(base_dir)
@@ -201,21 +364,40 @@ def run(args: argparse.Namespace, console: Console) -> Path:
             f"held-out exact match before fine-tuning: [bold]{before:.1%}[/] ({len(test)} examples)"
         )
         training["eval_before"] = before
-    data = tokenize_examples(examples, tokenizer, args.max_length)
-    chosen = {k: v for k in ("steps", "learning_rate") if (v := getattr(args, k)) is not None}
-    targs = TrainingArguments(
-        **{**(DEMO_TRAINING if demo else {}), **chosen},
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        seed=args.seed,
+    tokenize = functools.partial(
+        tokenize_examples,
+        tokenizer=tokenizer,
+        max_length=args.max_length,
+        chat_template=args.chat_template,
     )
-    result = train(model, data, targs, description="fine-tune QWTHN", progress=not args.quiet)
+    data = tokenize(examples)
+    eval_data = tokenize(validation) if validation else None
+    if resume is not None:
+        console.print(f"resuming from {resume}")
+    if targs.checkpoint_every is not None:
+        console.print(
+            f"checkpoints every {targs.checkpoint_every} steps in {targs.checkpoint_dir}/"
+        )
+    result = train(
+        model,
+        data,
+        targs,
+        description="fine-tune QWTHN",
+        progress=not args.quiet,
+        eval_data=eval_data,
+        resume_from=resume,
+    )
     training.update(result.to_dict())
     console.print(
-        f"fine-tuned {result.trainable_parameters:,} parameters for {targs.steps} steps in "
-        f"{result.seconds:.1f} s: loss {result.losses[0]:.4f} -> {result.final_loss:.4f}"
+        f"fine-tuned {result.trainable_parameters:,} parameters for {len(result.losses)} steps "
+        f"in {result.seconds:.1f} s: loss {result.losses[0]:.4f} -> {result.final_loss:.4f}"
     )
+    if result.evaluations:
+        last = result.evaluations[-1]
+        console.print(
+            f"validation loss {last['loss']:.4f}, perplexity {last['perplexity']:.3f} "
+            f"({last['tokens']:,} tokens, {len(eval_data)} examples)"
+        )
     if test:
         after = exact_match(model, tokenizer, test)
         console.print(f"held-out exact match after fine-tuning:  [bold]{after:.1%}[/]")
@@ -249,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted: an output not finished was not written (any earlier one is intact)",
             file=sys.stderr,
         )
+        if args.checkpoint_every is not None:
+            print(
+                "continue from the last checkpoint: the same command with --resume", file=sys.stderr
+            )
         return 130
     return 0
 
