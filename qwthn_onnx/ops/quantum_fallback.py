@@ -55,7 +55,7 @@ from onnx import helper, numpy_helper
 from qwthn_onnx.circuit import GATES, Circuit, Gate, Param
 from qwthn_onnx.ops.schemas import DOMAIN
 
-__all__ = ["KRON_BLOCK", "MIN_OPSET", "quantum_layer_function"]
+__all__ = ["MIN_OPSET", "quantum_layer_function"]
 
 ENCODING_ATTRIBUTES = (
     "encoding_version", "n_qubits", "n_inputs", "n_weights",
