@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import time
@@ -621,6 +622,11 @@ def _load_checkpoint(
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except (OSError, SafetensorError) as e:
         raise TrainingError(f"{path}: a checkpoint file is missing or damaged: {e}") from e
+    except pickle.UnpicklingError as e:
+        raise TrainingError(
+            f"{path / STATE_FILE} is refused: it needs arbitrary unpickling to load (it may run "
+            "code); training checkpoints hold plain data only"
+        ) from e
     except Exception as e:  # torch.load raises many types on damaged input
         raise TrainingError(f"{path / STATE_FILE} is damaged (truncated?): {e}") from e
     if set(weights) != set(params):
