@@ -50,6 +50,7 @@ __all__ = [
     "TrainingError",
     "TrainingResult",
     "check_checkpoint_dir",
+    "check_resume_options",
     "evaluate",
     "latest_checkpoint",
     "resolve_checkpoint",
@@ -610,13 +611,8 @@ def _load_checkpoint(
     params: dict[str, nn.Parameter],
 ) -> dict[str, Any]:
     """Check that ``path`` continues this very run, load its weights, return its state."""
-    try:
-        meta = json.loads((path / CHECKPOINT_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"{path / CHECKPOINT_FILE} is not readable: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != _CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not a qwthn-onnx training checkpoint")
-    _check_same_run(path, meta, identity, args)
+    meta = check_resume_options(path, args)
+    _check_same_model_and_data(path, meta.get("identity", {}), identity)
     try:
         weights = load_file(path / TRAINABLE_FILE)
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
@@ -637,10 +633,18 @@ def _load_checkpoint(
     return state
 
 
-def _check_same_run(
-    path: Path, meta: dict[str, Any], identity: dict[str, Any], args: TrainingArguments
-) -> None:
-    saved_args, saved = meta.get("args", {}), meta.get("identity", {})
+def check_resume_options(checkpoint: str | Path, args: TrainingArguments) -> dict[str, Any]:
+    """Fail unless ``args`` keep the options of the run that wrote ``checkpoint`` (only
+    logging, evaluation and checkpointing may change). Reads ``checkpoint.json`` alone, so a
+    caller can check before loading any model; returns its content."""
+    path = Path(checkpoint)
+    try:
+        meta = json.loads((path / CHECKPOINT_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path / CHECKPOINT_FILE} is not readable: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != _CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a qwthn-onnx training checkpoint")
+    saved_args = meta.get("args", {})
     changed = [
         f"{name}={saved_args.get(name)!r} (now {getattr(args, name)!r})"
         for name in _RUN_DEFINING
@@ -651,6 +655,10 @@ def _check_same_run(
             f"{path} was written with other training options: {', '.join(changed)}; resume "
             "with the same options (only logging, evaluation and checkpointing may change)"
         )
+    return meta
+
+
+def _check_same_model_and_data(path: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
     if saved.get("trainable") != identity["trainable"]:
         ours, theirs = identity["trainable"], saved.get("trainable") or {}
         differ = sorted(set(ours) ^ set(theirs)) + [

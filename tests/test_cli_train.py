@@ -153,3 +153,106 @@ def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
     assert "is not writable" in err and "demo" not in err
     assert cli.main([*FAST, "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_loop_options_reach_training_and_model_pt(tmp_path):
+    out = tmp_path / "m.pt"
+    argv = [*FAST, "-o", str(out), "--eval-every", "2", "--checkpoint-every", "2",
+            "--save-total-limit", "1", "--gradient-accumulation-steps", "2", "--batch-size", "8",
+            "--lr-scheduler", "linear", "--warmup-steps", "0",
+            "--mixed-precision", "bf16"]  # fmt: skip
+    assert cli.main(argv) == 0
+    training = read_model_pt(out)["training"]
+    args = training["args"]
+    assert (args["gradient_accumulation_steps"], args["batch_size"]) == (2, 8)
+    assert (args["lr_scheduler"], args["mixed_precision"]) == ("linear", "bf16")
+    assert training["learning_rates"] == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])  # linear
+    # The demo evaluates on its held-out set; checkpoints go beside the output, newest kept.
+    assert [e["step"] for e in training["evaluations"]] == [2, 4]
+    assert training["validation"] == "generated:and_add:held-out"
+    assert sorted(p.name for p in (tmp_path / "m-checkpoints").iterdir()) == ["checkpoint-4"]
+
+
+def test_resume_continues_the_interrupted_run_exactly(tmp_path, capsys):
+    common = [*FAST, "--checkpoint-every", "2", "--eval-every", "3"]
+    assert cli.main([*common, "-o", str(tmp_path / "whole.pt")]) == 0
+    whole = read_model_pt(tmp_path / "whole.pt")
+    checkpoints = tmp_path / "ck"
+    shutil.copytree(tmp_path / "whole-checkpoints" / "checkpoint-2", checkpoints / "checkpoint-2")
+    out = tmp_path / "resumed.pt"
+    assert (
+        cli.main([*common, "-o", str(out), "--checkpoint-dir", str(checkpoints), "--resume"]) == 0
+    )
+    resumed = read_model_pt(out)
+    assert resumed["training"]["losses"] == whole["training"]["losses"]
+    assert resumed["training"]["evaluations"] == whole["training"]["evaluations"]
+    assert resumed["training"]["resumed_from"] == str(checkpoints / "checkpoint-2")
+    for key, value in whole["adapter"]["state_dict"].items():
+        assert resumed["adapter"]["state_dict"][key].equal(value)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    capsys.readouterr()
+    # Another batch size is another run: refused before any work.
+    argv = [*common, "-o", str(out), "--resume", str(checkpoints), "--batch-size", "16"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "other training options: batch_size=32 (now 16)" in err and "pre-training" not in out
+
+
+def test_validation_split_epochs_and_chat_template_with_a_data_file(tmp_path, capsys):
+    data = tmp_path / "chat.jsonl"
+    record = {
+        "messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]
+    }
+    data.write_text("\n".join([json.dumps(record)] * 10) + "\n")
+    out = tmp_path / "m.pt"
+    argv = ["--pretrain-steps", "5", "-q", "-o", str(out), "--data", str(data), "--n-qubits", "2",
+            "--n-layers", "1", "--validation-split", "0.2", "--epochs", "2", "--batch-size", "4",
+            "--chat-template", "off"]  # fmt: skip
+    assert cli.main(argv) == 0
+    training = read_model_pt(out)["training"]
+    assert len(training["losses"]) == 4  # 2 epochs of the 8 training examples, 4 at a time
+    assert training["validation"] == {"split": 0.2, "seed": 0}
+    assert [e["step"] for e in training["evaluations"]] == [4]  # at the end
+    # --chat-template reaches the tokenisation: the demo's character tokenizer has no template.
+    assert cli.main([*argv[:-1], "on"]) == 2
+    assert "no chat template" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--epochs", "1"], "--steps and --epochs are alternatives"),
+        (["--validation-data", "v.jsonl", "--validation-split", "0.1"], "are alternatives"),
+        (["--validation-split", "1.5"], "validation fraction must be in (0, 1)"),
+        (["--validation-data", "missing.jsonl"], "dataset file not found"),
+        (["--checkpoint-dir", "ck"], "--checkpoint-dir needs --checkpoint-every"),
+        (["--save-total-limit", "2"], "save_total_limit needs checkpoint_every"),
+        (["--resume"], "no checkpoint to resume from in"),
+        (["--resume", "nowhere"], "nowhere is not a checkpoint"),
+        (["--gradient-accumulation-steps", "0"], "gradient_accumulation_steps must be >= 1"),
+        (["--eval-every", "0"], "eval_every must be >= 1"),
+        (["--lr-scheduler", "nope"], "argument --lr-scheduler: invalid choice: 'nope'"),
+        (["--mixed-precision", "fp16"], "argument --mixed-precision: invalid choice"),
+        (["--epochs", "x"], "argument --epochs: invalid float value: 'x'"),
+    ],
+)
+def test_bad_loop_options_exit_2_on_one_line_before_any_work(
+    tmp_path, capsys, monkeypatch, extra, message
+):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main([*FAST, "-o", "m.pt", *extra])
+    except SystemExit as e:  # argparse's own checks
+        code = e.code
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert "pre-training" not in out and list(tmp_path.iterdir()) == []
+
+
+def test_eval_every_without_a_validation_set_is_refused_for_a_data_file(tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("1+1=2\n")
+    argv = [*FAST, "-o", str(tmp_path / "m.pt"), "--data", str(data), "--eval-every", "2"]
+    assert cli.main(argv) == 2
+    assert "--eval-every needs a validation set" in capsys.readouterr().err

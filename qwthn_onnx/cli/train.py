@@ -59,6 +59,7 @@ from qwthn_onnx.training import (
     TrainingArguments,
     TrainingError,
     check_checkpoint_dir,
+    check_resume_options,
     resolve_checkpoint,
     train,
 )
@@ -304,9 +305,10 @@ def _validation_split(
     if args.validation_data is not None and args.validation_split is not None:
         raise DataError("--validation-data and --validation-split are alternatives: give one")
     if args.validation_data is not None:
+        validation = load_examples(args.validation_data)
         path = args.validation_data
         training["validation"] = {"path": str(path), "sha256": _file_digest(path)}
-        return examples, load_examples(path)
+        return examples, validation
     if args.validation_split is not None:
         training["validation"] = {"split": args.validation_split, "seed": args.seed}
         return split_examples(examples, args.validation_split, args.seed)
@@ -335,6 +337,8 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     config = _adapter_config(args, demo)
     targs = _training_arguments(args, demo)
     resume = resolve_checkpoint(args.resume, targs.checkpoint_dir) if args.resume else None
+    if resume is not None:
+        check_resume_options(resume, targs)
     if targs.checkpoint_every is not None:
         check_checkpoint_dir(targs.checkpoint_dir, resuming=resume is not None)
     test: list[Example] = []
