@@ -23,7 +23,7 @@ from qwthn_onnx.adapter import (
 from qwthn_onnx.checkpoint import LoadedModel, ModelFileError, load_model_pt, save_model_pt
 from qwthn_onnx.data import DataError, Example, load_examples, tokenize_examples
 from qwthn_onnx.runtime import get_library_path, session_options
-from qwthn_onnx.training import TrainingArguments, TrainingResult, train
+from qwthn_onnx.training import TrainingArguments, TrainingError, TrainingResult, evaluate, train
 
 __all__ = [
     "AdapterError",
@@ -35,8 +35,10 @@ __all__ = [
     "QWTHNConfig",
     "QWTHNModel",
     "TrainingArguments",
+    "TrainingError",
     "TrainingResult",
     "__version__",
+    "evaluate",
     "get_library_path",
     "load_adapter",
     "load_examples",
