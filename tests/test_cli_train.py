@@ -1,9 +1,11 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +258,17 @@ def test_eval_every_without_a_validation_set_is_refused_for_a_data_file(tmp_path
     argv = [*FAST, "-o", str(tmp_path / "m.pt"), "--data", str(data), "--eval-every", "2"]
     assert cli.main(argv) == 2
     assert "--eval-every needs a validation set" in capsys.readouterr().err
+
+
+def test_the_options_table_of_the_docs_names_real_flags_and_fields():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    table = [line for line in docs.splitlines() if re.match(r"\| (`--|\(none\))", line)]
+    rows = [re.split(r"(?<!\\)\|", line)[1:3] for line in table]  # "\|": a pipe in a cell
+    flags = {s for action in cli.build_parser()._actions for s in action.option_strings}
+    names = {f.name for f in dataclasses.fields(cli.TrainingArguments)}
+    documented = set()
+    for flag_cell, field_cell in rows:
+        assert set(re.findall(r"`(--[a-z-]+)", flag_cell)) <= flags, flag_cell
+        if field := re.fullmatch(r" `(\w+)` ", field_cell):
+            documented.add(field.group(1))
+    assert documented == names

@@ -1,5 +1,6 @@
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -243,3 +244,16 @@ def test_non_finite_loss_stops_training(tokenizer):
 def test_bad_options_are_refused_with_the_field_named(options, message):
     with pytest.raises(TrainingError, match=re.escape(message)):
         TrainingArguments(**options)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "training.md"
+
+
+def test_the_python_example_of_the_docs_runs(tmp_path, monkeypatch, capsys):
+    code = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(DOCS), "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("3 {'step': 3, 'loss': ")  # as the example's comment says
+    checkpoints = tmp_path / "runs" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-3"]
