@@ -335,6 +335,54 @@ def evaluate(
     return {"loss": loss, "perplexity": _perplexity(loss), "tokens": tokens}
 
 
+@dataclass
+class _RunState:
+    """Everything besides the weights that the next step depends on: what a checkpoint keeps
+    so that a resumed run is the uninterrupted one."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # draws the data order
+    result: TrainingResult  # the history so far
+    device: torch.device
+    order: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    step: int = 0  # optimizer steps done
+
+    def next_rows(self, n_examples: int, batch_size: int) -> torch.Tensor:
+        """The next batch's rows: a seeded permutation per epoch, batches running across."""
+        if len(self.order) < batch_size:
+            permutation = torch.randperm(n_examples, generator=self.generator)
+            self.order = torch.cat([self.order, permutation])
+        rows, self.order = self.order[:batch_size], self.order[batch_size:]
+        return rows
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "order": self.order.clone(),  # only the rows left, not the storage it views
+            "losses": self.result.losses,
+            "learning_rates": self.result.learning_rates,
+            "evaluations": self.result.evaluations,
+            "seconds": self.result.seconds,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.order, self.step = state["order"], state["step"]
+        self.result.losses, self.result.learning_rates = state["losses"], state["learning_rates"]
+        self.result.evaluations, self.result.seconds = state["evaluations"], state["seconds"]
+
+
 def train(
     model: nn.Module,
     data: TokenizedData,
@@ -374,28 +422,18 @@ def train(
     result = TrainingResult(
         trainable_parameters=sum(p.numel() for p in params.values()), args=asdict(args)
     )
-    order = torch.empty(0, dtype=torch.long)
+    run = _RunState(optimizer, scheduler, generator, result, device)
     identity = None
     if checkpoint is not None or args.checkpoint_every is not None:
         identity = _identity(model, params, data)
-    first = 0
     if checkpoint is not None:
-        state = _load_checkpoint(checkpoint, identity, args, params)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        order, first = state["order"], state["step"]
-        result.losses, result.learning_rates = state["losses"], state["learning_rates"]
-        result.evaluations, result.seconds = state["evaluations"], state["seconds"]
+        run.restore(_load_checkpoint(checkpoint, identity, args, params))
         result.resumed_from = str(checkpoint)
     model.train()
     started = time.perf_counter() - result.seconds
     bar = tqdm(
-        range(first, total),
-        initial=first,
+        range(run.step, total),
+        initial=run.step,
         total=total,
         desc=description,
         disable=not progress,
@@ -403,12 +441,10 @@ def train(
     )
     shown: dict[str, str] = {}  # the progress bar's postfix
     for step in bar:
-        batches = []
-        for _ in range(args.gradient_accumulation_steps):
-            if len(order) < args.batch_size:
-                order = torch.cat([order, torch.randperm(len(data), generator=generator)])
-            index, order = order[: args.batch_size], order[args.batch_size :]
-            batches.append(data.batch(index))
+        batches = [
+            data.batch(run.next_rows(len(data), args.batch_size))
+            for _ in range(args.gradient_accumulation_steps)
+        ]
         counts = [_trained_tokens(b) for b in batches]
         tokens = sum(counts)
         if tokens == 0:
@@ -434,7 +470,7 @@ def train(
         optimizer.step()
         scheduler.step()
         result.losses.append(step_loss)
-        done = step + 1
+        done = run.step = step + 1
         if (done % args.log_every == 0) or done == total:
             window = result.losses[-args.log_every :]
             shown["loss"] = f"{sum(window) / len(window):.4f}"
@@ -455,20 +491,7 @@ def train(
         if args.checkpoint_every is not None and (
             done % args.checkpoint_every == 0 or done == total
         ):
-            state = {
-                "step": done,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                "order": order,
-                "losses": result.losses,
-                "learning_rates": result.learning_rates,
-                "evaluations": result.evaluations,
-                "seconds": result.seconds,
-            }
-            _save_checkpoint(model, params, state, args, identity, total)
+            _save_checkpoint(model, params, run.state(), args, identity, total)
     result.seconds = time.perf_counter() - started
     model.eval()
     return result
