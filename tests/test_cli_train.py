@@ -95,7 +95,11 @@ def test_interrupted_run_keeps_previous_model_pt(tmp_path, monkeypatch, capsys):
     assert cli.main([*FAST, "-o", str(out)]) == 130
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
-    assert "was not written" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was not written" in err and "--resume" not in err
+    # With checkpoints, the message says how to continue.
+    assert cli.main([*FAST, "-o", str(out), "--checkpoint-every", "2"]) == 130
+    assert "the same command with --resume" in capsys.readouterr().err
 
 
 def test_console_script_is_installed_and_lists_every_config_field():
