@@ -194,8 +194,9 @@ def render(results: Path) -> str:
         "Written by `python benchmarks/run_all.py` from the files in `"
         + os.path.relpath(results, ROOT)
         + "/`; do not edit by hand. Every benchmark ran alone, one after the other, on the "
-        "machine below; each section is that benchmark's own report (quick mode: small sizes "
-        "and short runs, for a check rather than for the figures).",
+        "machine below unless its section names another; each section is that benchmark's own "
+        "report (quick mode: small sizes and short runs, for a check rather than for the "
+        "figures).",
         "",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {suite['platform']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in suite["versions"].items()),
@@ -208,8 +209,11 @@ def render(results: Path) -> str:
         benchmark = BENCHMARKS[name]
         ran = f" in {entry['seconds']:.0f} s" if "seconds" in entry else ""
         lines += [f"## {benchmark.title}", "", benchmark.about, ""]
+        elsewhere = entry.get("machine", machine)
+        on = "" if elsewhere == machine else f", on {elsewhere['cpu']}, {elsewhere['cores']} cores"
         lines.append(
-            f"`{entry['command']}` ({entry['mode']}, {entry['finished']}): {entry['status']}{ran}."
+            f"`{entry['command']}` ({entry['mode']}, {entry['finished']}{on}): "
+            f"{entry['status']}{ran}."
         )
         if entry.get("problem"):
             lines += ["", f"Not run: {entry['problem']}."]
@@ -253,11 +257,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
     results.mkdir(parents=True, exist_ok=True)
     mode = "quick" if args.quick else "full"
-    entries = {name: {**run(BENCHMARKS[name], results, args.quick), "mode": mode} for name in names}
-    # A subset keeps the other benchmarks' last results (each entry says when and how it ran).
-    earlier = json.loads(suite_path.read_text())["benchmarks"] if suite_path.exists() else {}
+    machine = machine_info()
+    entries = {
+        name: {**run(BENCHMARKS[name], results, args.quick), "mode": mode, "machine": machine}
+        for name in names
+    }
+    # A subset keeps the other benchmarks' last results (each entry says when, how and on which
+    # machine it ran; entries from before machines were recorded ran on the suite's last one).
+    earlier = {}
+    if suite_path.exists():
+        old = json.loads(suite_path.read_text())
+        earlier = {k: {"machine": old["machine"], **v} for k, v in old["benchmarks"].items()}
     suite = {
-        "machine": machine_info(),
+        "machine": machine,
         "platform": platform.platform(),
         "versions": versions(),
         "benchmarks": {**earlier, **entries},
