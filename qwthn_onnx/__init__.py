@@ -21,7 +21,15 @@ from qwthn_onnx.adapter import (
     load_adapter,
 )
 from qwthn_onnx.checkpoint import LoadedModel, ModelFileError, load_model_pt, save_model_pt
-from qwthn_onnx.data import DataError, Example, load_examples, tokenize_examples
+from qwthn_onnx.data import (
+    DataError,
+    Example,
+    Message,
+    chat_prompt_ids,
+    load_examples,
+    split_examples,
+    tokenize_examples,
+)
 from qwthn_onnx.runtime import get_library_path, session_options
 from qwthn_onnx.training import TrainingArguments, TrainingError, TrainingResult, evaluate, train
 
@@ -31,6 +39,7 @@ __all__ = [
     "DataError",
     "Example",
     "LoadedModel",
+    "Message",
     "ModelFileError",
     "QWTHNConfig",
     "QWTHNModel",
@@ -38,6 +47,7 @@ __all__ = [
     "TrainingError",
     "TrainingResult",
     "__version__",
+    "chat_prompt_ids",
     "evaluate",
     "get_library_path",
     "load_adapter",
@@ -45,6 +55,7 @@ __all__ = [
     "load_model_pt",
     "save_model_pt",
     "session_options",
+    "split_examples",
     "tokenize_examples",
     "train",
 ]

@@ -290,14 +290,20 @@ def _model_from_state_dict(config: Any, state: dict[str, torch.Tensor], dtype: t
     """The model of ``config`` holding the tensors of ``state`` themselves (no random init, no
     copy: transformers builds on the meta device and assigns them), every key accounted for."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.utils import logging as hf_logging
 
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" of tensors already in memory: noise
     try:
         model, info = model_class.from_pretrained(
             None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
         )
     except RuntimeError as e:  # a shape mismatch check_weights_fit did not catch
         raise ModelFileError(f"base weights do not fit the stored config: {e}") from e
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     missing = sorted(set(info["missing_keys"]) - set(model.all_tied_weights_keys))
     wrong = sorted({*info["unexpected_keys"], *info["mismatched_keys"]})
     if missing or wrong:

@@ -22,6 +22,8 @@ from qwthn_onnx.integrations import QWTHNTrainer
 from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 from tests.examples_loader import EXAMPLES, TINY_ADAPTER, load_example
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' (the fast lane)
+
 SCRIPT = str(EXAMPLES / "train_distributed.py")
 # SGD, so parameters after a step are a linear image of the gradients: equal parameters mean
 # equal gradients. Three steps: the first only reaches the zero-initialised last MPO core.

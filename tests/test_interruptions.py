@@ -31,6 +31,8 @@ from qwthn_onnx.adapter import QWTHNConfig
 from qwthn_onnx.adapter.model import ADAPTER_WEIGHTS_NAME
 from qwthn_onnx.checkpoint import load_model_pt
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' (the fast lane)
+
 TRAIN_ARGS = ["-q", "--pretrain-steps", "30", "--steps", "30"]
 TRAIN_ARGS += ["--train-examples", "64", "--test-examples", "8"]
 KILL_SEED = 20261124  # the random kill times are reproducible

@@ -1,6 +1,6 @@
 """QWTHNConfig: every choice of the adapter's data path, as a validated, JSON-serialisable field.
 
-The paper's method section was not available to us (see shared/DESIGN.md), so nothing about the
+The paper's full method section was not available to us, so nothing about the
 adapter is a constant: each reading we made is a field with a default, and ``help`` says what it
 means. ``adapter_config.json`` is ``QWTHNConfig.to_dict()``.
 """
@@ -67,7 +67,10 @@ class QWTHNConfig:
     n_layers: int = field(default=10, metadata={"help": "L: layers of the QNN ansatz."})
     ansatz: str = field(
         default="paper",
-        metadata={"help": f"QNN circuit: one of {sorted(ANSATZE)} (see shared/DESIGN.md)."},
+        metadata={
+            "help": f"QNN circuit: one of {sorted(ANSATZE)} (the README's 'What a QWTHN "
+            "adapter computes' describes them)."
+        },
     )
     circuits: dict[str, dict[str, Any]] | None = field(
         default=None,

@@ -19,6 +19,8 @@ import pytest
 from fuzz import native
 from fuzz.common import FuzzSetupError
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' (the fast lane)
+
 SMOKE_SEED = 1  # as in test_python_fuzz.py: the same inputs every run
 
 # A function each target reaches only when a seed decodes into something valid and small.

@@ -21,6 +21,8 @@ from fuzz.python_targets import (
     tiny_artifacts,
 )
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' (the fast lane)
+
 REGRESSIONS = Path(__file__).parent / "regressions"
 REPO = Path(__file__).resolve().parents[2]
 # The smoke runs try the same inputs in the same order every time (a CI run fails on a bug

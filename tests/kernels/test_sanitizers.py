@@ -21,6 +21,8 @@ from pathlib import Path
 import pybind11
 import pytest
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' (the fast lane)
+
 ROOT = Path(__file__).parents[2]
 BUILD = ROOT / "build" / "sanitize"
 SUITE = [

@@ -10,6 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # scripts, no package
 import serving_soak
 
+pytestmark = pytest.mark.slow  # deselect with -m 'not slow' (the fast lane)
+
 
 @pytest.fixture(scope="module")
 def report(export_dir, tmp_path_factory):
