@@ -63,6 +63,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     adapter.add_argument("--n-layers", type=positive_int, default=2)
 
 
+def add_trainer_arguments(parser: argparse.ArgumentParser, output: str) -> None:
+    """The options the Trainer and SFTTrainer examples share (``output``: default folder)."""
+    parser.add_argument("--output", type=Path, default=Path(output))
+    parser.add_argument("--steps", type=positive_int, default=60)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--save-steps", type=positive_int, default=20)
+    parser.add_argument("--max-length", type=positive_int, default=256)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def load_base(model: str | None, seed: int) -> tuple[Any, Any]:
     """``(base_model, tokenizer)``: the tiny demo pair, or ``--model``'s, in float32."""
     if model is None:

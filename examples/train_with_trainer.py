@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from example_common import (
     UsageError,
     adapt,
     add_common_arguments,
+    add_trainer_arguments,
     examples,
     load_base,
-    positive_int,
     run_main,
 )
 from torch.utils.data import StackDataset
@@ -35,12 +34,7 @@ from qwthn_onnx.integrations import QWTHNTrainer
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--output", type=Path, default=Path("qwthn-trainer"))
-    parser.add_argument("--steps", type=positive_int, default=60)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--save-steps", type=positive_int, default=20)
-    parser.add_argument("--max-length", type=positive_int, default=256)
+    add_trainer_arguments(parser, "qwthn-trainer")
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -48,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from OUTPUT's last checkpoint, or from CHECKPOINT",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

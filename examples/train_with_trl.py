@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -22,9 +21,9 @@ from example_common import (
     UsageError,
     adapt,
     add_common_arguments,
+    add_trainer_arguments,
     examples,
     load_base,
-    positive_int,
     run_main,
 )
 from trl import SFTConfig
@@ -46,13 +45,7 @@ DEMO_CHAT_TEMPLATE = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--output", type=Path, default=Path("qwthn-sft"))
-    parser.add_argument("--steps", type=positive_int, default=60)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--save-steps", type=positive_int, default=20)
-    parser.add_argument("--max-length", type=positive_int, default=256)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_trainer_arguments(parser, "qwthn-sft")
     return parser
 
 

@@ -13,7 +13,6 @@ Directory layout::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import tempfile
 import time
@@ -43,7 +42,7 @@ from exporters.onnx_export import (
 from exporters.qasm import circuit_to_qasm3
 from exporters.verify import Reference, VerifyReport, torch_reference, verify_reference
 from qwthn_onnx import __version__
-from qwthn_onnx._io import atomic_directory, tokenizer_to_files
+from qwthn_onnx._io import atomic_directory, file_sha256, tokenizer_to_files
 from qwthn_onnx.adapter import QWTHNModel
 from qwthn_onnx.adapter.config import ABLATION_FUSIONS
 from qwthn_onnx.checkpoint import LoadedModel, model_from_payload, read_model_pt
@@ -131,14 +130,6 @@ def check_output_dir(path: Path) -> None:
             pass
     except OSError as e:
         raise ExportError(f"output {path} is not writable: {e.strerror or e}") from e
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -364,7 +355,7 @@ def export_model(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": {
                 "path": str(model_pt.resolve()),
-                "sha256": _sha256(model_pt),
+                "sha256": file_sha256(model_pt),
                 "producer": written.producer,
             },
             "model": {
@@ -380,7 +371,7 @@ def export_model(
             if report is None
             else {"passed": report.passed, "runtimes": report.runtimes, "file": VERIFY_NAME},
             "files": {
-                name: {"bytes": n, "sha256": _sha256(tmp / name)} for name, n in files.items()
+                name: {"bytes": n, "sha256": file_sha256(tmp / name)} for name, n in files.items()
             },
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -198,3 +199,12 @@ def tokenizer_from_files(files: Mapping[str, str | bytes]) -> Any:
             else:
                 target.write_bytes(content)
         return AutoTokenizer.from_pretrained(tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (model files are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

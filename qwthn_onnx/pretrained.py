@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import hashlib
 import importlib.util
 import io
 import json
@@ -34,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qwthn_onnx import __version__
-from qwthn_onnx._io import atomic_directory
+from qwthn_onnx._io import atomic_directory, file_sha256
 from qwthn_onnx.checkpoint import ModelFileError
 
 __all__ = [
@@ -188,14 +187,6 @@ def locate_model(spec: str | Path) -> ModelSource:
         raise PretrainedModelError(f"--model {text} is not a regular file or directory")
     _check_gguf_magic(path)
     return ModelSource(text, path.resolve(), "gguf")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cache_entry(gguf: Path, sha256: str, root: Path) -> Path:
@@ -362,7 +353,7 @@ def resolve_model(
     if source.format == "hf":
         return source.path
     console = console or Console(stderr=True, quiet=not progress, highlight=False, soft_wrap=True)
-    sha256 = _sha256(source.path)
+    sha256 = file_sha256(source.path)
     entry = _cache_entry(source.path, sha256, Path(cache) if cache else cache_dir())
     if _cached(entry, sha256):
         console.print(f"using the converted GGUF from the cache: {escape(str(entry))}")

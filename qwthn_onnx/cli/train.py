@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 import signal
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from qwthn_onnx import __version__
+from qwthn_onnx._io import file_sha256
 from qwthn_onnx.adapter import (
     AdapterError,
     ConfigError,
@@ -236,10 +236,6 @@ def _adapter_config(args: argparse.Namespace, demo: bool) -> QWTHNConfig:
     return QWTHNConfig(**values)
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _demo_base(args: argparse.Namespace, config: QWTHNConfig, console: Console, training: dict):
     """The tiny base, pre-trained on addition, and its tokenizer."""
     tokenizer = build_char_tokenizer()
@@ -307,7 +303,7 @@ def _validation_split(
     if args.validation_data is not None:
         validation = load_examples(args.validation_data)
         path = args.validation_data
-        training["validation"] = {"path": str(path), "sha256": _file_digest(path)}
+        training["validation"] = {"path": str(path), "sha256": file_sha256(path)}
         return examples, validation
     if args.validation_split is not None:
         training["validation"] = {"split": args.validation_split, "seed": args.seed}
@@ -344,7 +340,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     test: list[Example] = []
     if args.data is not None:
         examples = load_examples(args.data)
-        training["dataset"] = {"path": str(args.data), "sha256": _file_digest(args.data)}
+        training["dataset"] = {"path": str(args.data), "sha256": file_sha256(args.data)}
     else:  # the demo's task: held-out examples to score exact match on
         examples, test = finetune_task(args.train_examples, args.test_examples, args.seed)
         training["dataset"] = f"generated:and_add:n={len(examples)}:seed={args.seed}"

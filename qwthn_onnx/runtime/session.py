@@ -7,7 +7,6 @@ metadata (cache geometry, tokenizer, base config), so a ``model.onnx`` alone is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qwthn_onnx._io import tokenizer_from_files
+from qwthn_onnx._io import file_sha256, tokenizer_from_files
 from qwthn_onnx.ops.fallback import check_fallbacks
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError, generate_tokens
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
@@ -46,14 +45,6 @@ class FallbackWarning(RuntimeWarning):
 
 class ExportIntegrityError(ValueError):
     """An export directory whose files no longer match its ``manifest.json``."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_export_integrity(directory: str | Path) -> None:
@@ -83,7 +74,7 @@ def check_export_integrity(directory: str | Path) -> None:
             problems.append(f"{name}: missing")
         elif path.stat().st_size != size:
             problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {size}")
-        elif _sha256(path) != sha256:
+        elif file_sha256(path) != sha256:
             problems.append(f"{name}: contents differ (sha256)")
     if problems:
         raise ExportIntegrityError(
