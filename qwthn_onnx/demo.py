@@ -7,7 +7,8 @@
 The demo pre-trains the tiny base on one task (``add``: "23+58=" -> "81"), then fine-tunes QWTHN
 adapters on a notation the base has never seen for the same skill (``and_add``: "23&58=" -> "81",
 read "23 and 58"), so the adaptation is real and measurable: held-out exact match goes from
-3.5% to 75.0% at seed 0 (``benchmarks/quality.py`` compares it with LoRA over seeds).
+9.5% to 78.0% at seed 0 on a 2-core Intel Xeon (3.5% to 75.0% on an AMD EPYC: the CPUs round
+float32 sums differently; ``benchmarks/quality.py`` compares it with LoRA over seeds).
 A harder variant (``add_words``, a whole new phrasing) is out of reach of q/v adapters of either
 kind in a few hundred steps, which is why the demo does not use it.
 """
