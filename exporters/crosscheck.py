@@ -24,6 +24,7 @@ from qiskit.quantum_info import Statevector
 
 from exporters.causal_lm import CacheGeometry, CausalLMWithCache
 from exporters.export import QASM_DIR
+from exporters.export import TOLERANCES as EXPORT_TOLERANCES
 from exporters.hardware import layer_of_node, quantum_nodes
 from exporters.onnx_import import import_onnx
 from exporters.qasm import qasm3_to_circuit
@@ -42,7 +43,6 @@ from qwthn_onnx.runtime.session import (
 )
 
 __all__ = [
-    "MODEL_TOLERANCES",
     "TOLERANCES",
     "Check",
     "CrossCheckReport",
@@ -59,8 +59,6 @@ TOLERANCES = {
     "qasm exact vs onnx kernel": 1e-6,
     "qasm shots": 5.0,
 }
-# The whole model, imported back to PyTorch, against onnxruntime: qwthn-export's float32 bounds.
-MODEL_TOLERANCES = (1e-4, 1e-3)
 
 
 @dataclass
@@ -205,7 +203,7 @@ def crosscheck(
     base = loaded.model.base_model.eval()
     geometry = CacheGeometry.probe(base)
     vocab = base.get_output_embeddings().weight.shape[0]
-    atol, rtol = MODEL_TOLERANCES
+    atol, rtol = EXPORT_TOLERANCES["float32"]  # qwthn-export's float32 bounds
     model_report = verify_export(
         path, CausalLMWithCache(base, geometry), loaded.tokenizer, vocab, atol=atol, rtol=rtol
     )
