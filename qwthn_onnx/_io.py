@@ -208,3 +208,19 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def transformers_progress_bars_off() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off in the
+    block, as they were after it: noise for tensors already in memory, or for a step the
+    caller reports itself."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()

@@ -30,7 +30,12 @@ import transformers
 from torch import nn
 
 from qwthn_onnx import __version__
-from qwthn_onnx._io import atomic_path, tokenizer_from_files, tokenizer_to_files
+from qwthn_onnx._io import (
+    atomic_path,
+    tokenizer_from_files,
+    tokenizer_to_files,
+    transformers_progress_bars_off,
+)
 from qwthn_onnx.adapter import AdapterError, ConfigError, QWTHNConfig, QWTHNModel
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.mpo import MPOError
@@ -46,6 +51,7 @@ __all__ = [
     "check_weights_fit",
     "load_model_pt",
     "model_from_payload",
+    "model_from_state_dict",
     "read_model_pt",
     "save_model_pt",
 ]
@@ -278,7 +284,7 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
     else:
         state = base["state_dict"]
         check_weights_fit(config, {k: v.shape for k, v in state.items()}, dtype, "model.pt")
-        model = _model_from_state_dict(config, state, dtype)
+        model = model_from_state_dict(config, state, dtype)
     if type(model).__name__ != base["architecture"]:
         raise ModelFileError(
             f"config builds {type(model).__name__}, model.pt says {base['architecture']}"
@@ -286,24 +292,19 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _model_from_state_dict(config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype):
+def model_from_state_dict(config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype):
     """The model of ``config`` holding the tensors of ``state`` themselves (no random init, no
     copy: transformers builds on the meta device and assigns them), every key accounted for."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
-    from transformers.utils import logging as hf_logging
 
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights" of tensors already in memory: noise
     try:
-        model, info = model_class.from_pretrained(
-            None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
-        )
+        with transformers_progress_bars_off():
+            model, info = model_class.from_pretrained(
+                None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
+            )
     except RuntimeError as e:  # a shape mismatch check_weights_fit did not catch
         raise ModelFileError(f"base weights do not fit the stored config: {e}") from e
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     missing = sorted(set(info["missing_keys"]) - set(model.all_tied_weights_keys))
     wrong = sorted({*info["unexpected_keys"], *info["mismatched_keys"]})
     if missing or wrong:

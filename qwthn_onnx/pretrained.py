@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from qwthn_onnx import __version__
-from qwthn_onnx._io import atomic_directory, file_sha256
-from qwthn_onnx.checkpoint import ModelFileError
+from qwthn_onnx._io import atomic_directory, file_sha256, transformers_progress_bars_off
+from qwthn_onnx.checkpoint import ModelFileError, model_from_state_dict
 
 __all__ = [
     "PACKAGED_MODELS",
@@ -240,22 +240,15 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _transformers_bars(quiet: bool) -> Iterator[None]:
     """Only the bar worth seeing: transformers' per-tensor dequantisation bar (its GGUF loader
-    draws it with tqdm directly, with no switch, so quiet runs swallow stderr meanwhile); its
-    "Loading weights" and "Writing model shards" bars are switched off."""
-    from transformers.utils import logging
-
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
-            yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
+    draws it with tqdm directly, with no switch, so quiet runs swallow stderr meanwhile)."""
+    swallow = contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
+    with transformers_progress_bars_off(), swallow:
+        yield
 
 
 def _load_gguf(gguf: Path, architecture: str) -> tuple[Any, Any]:
     """(float32 model, tokenizer) from a GGUF, through transformers' own GGUF support."""
+    import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -287,11 +280,11 @@ def _load_gguf(gguf: Path, architecture: str) -> tuple[Any, Any]:
         raise PretrainedModelError(f"{what}'s weights ({e})") from e
     # transformers marks a GGUF-loaded model as quantized and refuses to save it; the same
     # tensors in a model of the same class without the quantization config save normally.
+    # (A half-precision GGUF loads in its own dtype; training wants float32.)
     config = copy.deepcopy(loaded.config)
     with contextlib.suppress(AttributeError):
         del config.quantization_config
-    model = type(loaded).from_pretrained(None, config=config, state_dict=loaded.state_dict())
-    model = model.float()  # a half-precision GGUF loads in its own dtype; training wants float32
+    model = model_from_state_dict(config, loaded.state_dict(), torch.float32)
     # The file states the context length; transformers leaves the tokenizer's limit unset.
     if getattr(config, "max_position_embeddings", None):
         tokenizer.model_max_length = config.max_position_embeddings
