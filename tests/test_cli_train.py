@@ -130,6 +130,26 @@ def test_local_model_directory_with_referenced_base(tmp_path, tiny_model, tokeni
     assert load_model_pt(out).model.adapted_modules[0] == "model.layers.0.self_attn.q_proj"
 
 
+def test_a_model_directory_run_is_fixed_by_its_seed(tmp_path, tiny_model, tokenizer):
+    """The adapters' initial weights come from --seed too: two runs on a --model directory with
+    one seed train the same adapter (torch's RNG was left unseeded before they were built)."""
+    model_dir = tmp_path / "hf"
+    tiny_model("llama").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "train.txt"
+    data.write_text("12+3=15\n4+4=8\n")
+    adapters = []
+    for run in ("a", "b"):
+        out = tmp_path / f"{run}.pt"
+        argv = ["--model", str(model_dir), "--data", str(data), "-o", str(out), "--steps", "2",
+                "-q", "--n-qubits", "2", "--n-layers", "1", "--seed", "5"]  # fmt: skip
+        assert cli.main(argv) == 0
+        adapters.append(read_model_pt(out)["adapter"]["state_dict"])
+    first, second = adapters
+    assert first.keys() == second.keys()
+    assert all(first[k].equal(second[k]) for k in first)
+
+
 def test_sigterm_leaves_no_partial_output(tmp_path):
     outdir, log = tmp_path / "out", tmp_path / "stderr.txt"
     outdir.mkdir()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from qwthn_onnx import __version__
@@ -354,6 +355,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         base, tokenizer, base_dir = load_pretrained(source, console=console)
         training["base_model_path"] = str(base_dir)
         training["base_model_source"] = source.to_dict()
+        # the adapters' initial weights come from torch's RNG: --seed fixes them, as
+        # build_tiny_model(seed) and the pre-training fix them in the demo
+        torch.manual_seed(args.seed)
 
     model = QWTHNModel(base, config)
     if not args.quiet:
