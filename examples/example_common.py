@@ -22,7 +22,7 @@ from qwthn_onnx import (
 )
 from qwthn_onnx.data import Example, load_examples
 from qwthn_onnx.demo import build_char_tokenizer, build_tiny_model, finetune_task
-from qwthn_onnx.pretrained import PACKAGED_MODELS, resolve_model
+from qwthn_onnx.pretrained import PACKAGED_MODELS, load_pretrained
 
 USER_ERRORS = (AdapterError, ConfigError, DataError, ModelFileError, OSError)
 
@@ -74,16 +74,38 @@ def add_trainer_arguments(parser: argparse.ArgumentParser, output: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def trainer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``TrainingArguments`` (or TRL ``SFTConfig``) options both trainer examples set."""
+    return {
+        "output_dir": str(args.output),
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "save_steps": args.save_steps,
+        "logging_steps": 1,
+        "seed": args.seed,
+        "report_to": "none",
+        # Trainer runs the processes of torchrun on CPU as one distributed job only when told
+        "use_cpu": not torch.cuda.is_available(),
+        "disable_tqdm": args.quiet,
+    }
+
+
+def report(trainer: Any, output: Path) -> None:
+    """The loss's first and last logged values, printed by one process under torchrun."""
+    if trainer.is_world_process_zero():
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {output}/")
+
+
 def load_base(model: str | None, seed: int) -> tuple[Any, Any]:
     """``(base_model, tokenizer)``: the tiny demo pair, or ``--model``'s, in float32."""
     if model is None:
         tokenizer = build_char_tokenizer()
         return build_tiny_model(tokenizer, "llama", seed=seed), tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve_model(model)  # a Hugging Face folder; a GGUF is converted (once)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tokenizer
+    # a Hugging Face folder, or a GGUF (converted once into a cached folder)
+    base, tokenizer, _ = load_pretrained(model, dtype=torch.float32)
+    return base, tokenizer
 
 
 def adapt(base: Any, args: argparse.Namespace) -> QWTHNModel:

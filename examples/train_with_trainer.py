@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 from example_common import (
     UsageError,
     adapt,
@@ -22,7 +21,9 @@ from example_common import (
     add_trainer_arguments,
     examples,
     load_base,
+    report,
     run_main,
+    trainer_options,
 )
 from torch.utils.data import StackDataset
 from transformers import TrainingArguments
@@ -58,27 +59,13 @@ def run(argv: list[str] | None = None) -> QWTHNTrainer:
         input_ids=data.input_ids, attention_mask=data.attention_mask, labels=data.labels
     )
 
-    training_args = TrainingArguments(
-        output_dir=str(args.output),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        save_steps=args.save_steps,
-        logging_steps=1,
-        seed=args.seed,
-        report_to="none",
-        # Trainer runs the processes of torchrun on CPU as one distributed job only when told
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=args.quiet,
-    )
+    training_args = TrainingArguments(**trainer_options(args))
     # QWTHNTrainer is Trainer, except that checkpoints hold the adapter, not the frozen base.
     trainer = QWTHNTrainer(model=model, args=training_args, train_dataset=dataset)
     trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model()  # the final adapter, in OUTPUT/
 
-    if trainer.is_world_process_zero():  # under torchrun, one process reports
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
+    report(trainer, args.output)
     return trainer
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 from datasets import Dataset
 from example_common import (
     UsageError,
@@ -24,7 +23,9 @@ from example_common import (
     add_trainer_arguments,
     examples,
     load_base,
+    report,
     run_main,
+    trainer_options,
 )
 from trl import SFTConfig
 
@@ -75,22 +76,12 @@ def run(argv: list[str] | None = None) -> QWTHNSFTTrainer:
             "use an instruct model, or plain prompt/completion records"
         )
     config = SFTConfig(
-        output_dir=str(args.output),
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        save_steps=args.save_steps,
-        logging_steps=1,
+        **trainer_options(args),
         max_length=args.max_length,
         # {"messages"} records (several answers per conversation) train the assistant turns
         # only; prompt/completion records always train the completion only.
         assistant_only_loss="messages" in records[0],
         bf16=False,  # float32, as in the Trainer example (TRL's default is bf16 autocast)
-        seed=args.seed,
-        report_to="none",
-        # Trainer runs the processes of torchrun on CPU as one distributed job only when told
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=args.quiet,
     )
     try:
         # peft_config stays None: the model already carries its (QWTHN) adapters.
@@ -109,9 +100,7 @@ def run(argv: list[str] | None = None) -> QWTHNSFTTrainer:
     trainer.train()
     trainer.save_model()
 
-    if trainer.is_world_process_zero():  # under torchrun, one process reports
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter saved in {args.output}/")
+    report(trainer, args.output)
     return trainer
 
 

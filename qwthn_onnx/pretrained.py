@@ -361,14 +361,17 @@ def load_pretrained(
     cache: str | Path | None = None,
     console: Console | None = None,
     progress: bool = True,
+    dtype: Any = None,
 ) -> tuple[Any, Any, Path]:
     """``(model, tokenizer, folder)``: the base model and tokenizer loaded from the Hugging Face
-    folder :func:`resolve_model` gives for ``spec``."""
+    folder :func:`resolve_model` gives for ``spec``; ``dtype`` (e.g. ``torch.float32``)
+    overrides the one the folder's config states."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model(spec, cache=cache, console=console, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    options = {} if dtype is None else {"dtype": dtype}
+    model = AutoModelForCausalLM.from_pretrained(folder, **options)
     return model, tokenizer, folder
 
 
