@@ -41,7 +41,14 @@ import torch
 from exporters.causal_lm import CacheGeometry, CausalLMWithCache
 from qwthn_onnx.runtime.generation import GenerationConfig, generate_tokens
 from qwthn_onnx.runtime.library import session_options
-from qwthn_onnx.runtime.signature import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS
+from qwthn_onnx.runtime.signature import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    empty_cache,
+    position_ids,
+)
 
 __all__ = [
     "CRITERIA",
@@ -239,10 +246,10 @@ def _case(feed: dict[str, np.ndarray]) -> str:
     return f"{kind} batch={batch} sequence={sequence} past={past}"
 
 
-def _generate(step: Callable, prompts: list[list[int]], reference_like: Any) -> list[list[int]]:
+def _generate(step: Callable, prompts: list[list[int]], reference: Reference) -> list[list[int]]:
     """Greedy tokens per prompt (NEW_TOKENS each, no early stop) through the runtime's own
     generation loop, so verification runs what qwthn-run and the server run."""
-    geometry = reference_like.geometry
+    geometry = reference.geometry
     rows: list[list[int]] = [[] for _ in prompts]
     for tokens in generate_tokens(
         step,
@@ -251,8 +258,8 @@ def _generate(step: Callable, prompts: list[list[int]], reference_like: Any) -> 
         num_layers=geometry.num_layers,
         num_kv_heads=geometry.num_kv_heads,
         head_dim=geometry.head_dim,
-        cache_dtype=reference_like.cache_dtype,
-        pad_token_id=reference_like.pad_token_id,
+        cache_dtype=reference.cache_dtype,
+        pad_token_id=reference.pad_token_id,
     ):
         for row, token in zip(rows, tokens, strict=True):
             row.append(int(token))
@@ -292,20 +299,16 @@ def torch_reference(module: CausalLMWithCache, tokenizer: Any, vocab_size: int) 
     mask = np.concatenate(
         [prefill.feed[ATTENTION_MASK], np.ones((len(prompts), CHUNK), dtype=np.int64)], axis=1
     )
-    positions = np.cumsum(mask, axis=1)[:, -CHUNK:] - 1
-    feed.update({INPUT_IDS: chunk, ATTENTION_MASK: mask, POSITION_IDS: positions})
+    feed.update({INPUT_IDS: chunk, ATTENTION_MASK: mask, POSITION_IDS: position_ids(mask, CHUNK)})
     _recording(step, reference.steps, _case)(feed)
     single = np.asarray([prompts[0]], dtype=np.int64)
-    empty = {
-        name: np.zeros((1, *prefill.feed[name].shape[1:]), prefill.feed[name].dtype)
-        for name in pasts
-    }
+    ones = np.ones_like(single)
     _recording(step, reference.steps, _case)(
         {
             INPUT_IDS: single,
-            ATTENTION_MASK: np.ones_like(single),
-            POSITION_IDS: np.arange(single.shape[1], dtype=np.int64)[None, :],
-            **empty,
+            ATTENTION_MASK: ones,
+            POSITION_IDS: position_ids(ones, single.shape[1]),
+            **empty_cache(asdict(module.geometry), 1, reference.cache_dtype),
         }
     )
     return reference

@@ -559,7 +559,8 @@ def check_checkpoint_dir(directory: str | Path, resuming: bool) -> None:
         )
 
 
-def _sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+def _tensors_sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """One digest of named tensors' names, dtypes, shapes and bytes (a checkpoint's identity)."""
     digest = hashlib.sha256()
     for name, tensor in tensors:
         t = tensor.detach().cpu().contiguous().reshape(-1)
@@ -574,11 +575,11 @@ def _identity(model: nn.Module, params: dict[str, nn.Parameter], data: Tokenized
     identity: dict[str, Any] = {
         "model": type(model).__name__,
         "trainable": {name: list(p.shape) for name, p in params.items()},
-        "frozen_sha256": _sha256(
+        "frozen_sha256": _tensors_sha256(
             (name, t) for name, t in model.state_dict().items() if name not in params
         ),
         "data_rows": len(data),
-        "data_sha256": _sha256(
+        "data_sha256": _tensors_sha256(
             (name, getattr(data, name)) for name in ("input_ids", "attention_mask", "labels")
         ),
     }
