@@ -371,7 +371,9 @@ def load_pretrained(
     folder = resolve_model(spec, cache=cache, console=console, progress=progress)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     options = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForCausalLM.from_pretrained(folder, **options)
+    quiet = console.quiet if console is not None else not progress
+    with transformers_progress_bars_off() if quiet else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(folder, **options)
     return model, tokenizer, folder
 
 
