@@ -56,7 +56,9 @@ TOLERANCES = {
     "onnx kernel": 1e-5,
     "onnx fallback": 1e-5,
     "qasm exact": 1e-6,
-    "qasm exact vs onnx kernel": 1e-6,
+    # both are within their own tolerance of the float64 reference, so within the sum of each
+    # other (the float32 kernel's error grows with the circuit: ~3e-6 at 10 qubits x 10 layers)
+    "qasm exact vs onnx kernel": 1e-5 + 1e-6,
     "qasm shots": 5.0,
 }
 

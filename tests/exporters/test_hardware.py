@@ -134,6 +134,17 @@ def test_running_the_job_with_shots_lands_within_five_standard_errors(job):
     assert saved == summary
 
 
+def test_qwthn_verify_passes_on_paper_size_circuits(tmp_path):
+    """10 qubits x 10 layers, the paper's circuit (as on SmolLM2): the float32 kernel is ~3e-6
+    from the exact program there, which the face-to-face bounds must allow."""
+    path, _ = make_model_pt(tmp_path / "model.pt", n_qubits=10, n_layers=10)
+    result = export_model(path, tmp_path / "onnx", ExportOptions())
+    report = crosscheck(result.directory, samples=8, shots=1000)
+    assert report.passed, [c for c in report.checks if not c.passed]
+    kernel = [c.value for c in report.checks if c.face == "qasm exact vs onnx kernel"]
+    assert len(kernel) == 4 and max(kernel) > 1e-7  # a float32 kernel: not bit-exact
+
+
 def test_qwthn_verify_passes_and_catches_a_tampered_program(exported, tmp_path, capsys):
     import shutil
 
