@@ -30,8 +30,8 @@ from qwthn_onnx.checkpoint import (
 )
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.mpo import MPOError
+from qwthn_onnx.runtime.export_dir import ExportIntegrityError
 from qwthn_onnx.runtime.metadata import MetadataError
-from qwthn_onnx.runtime.session import ExportIntegrityError
 
 USER_ERRORS = (
     AdapterError,

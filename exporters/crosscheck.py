@@ -23,7 +23,6 @@ from qiskit import qasm3
 from qiskit.quantum_info import Statevector
 
 from exporters.causal_lm import CacheGeometry, CausalLMWithCache
-from exporters.export import QASM_DIR
 from exporters.export import TOLERANCES as EXPORT_TOLERANCES
 from exporters.hardware import layer_of_node, quantum_nodes
 from exporters.onnx_import import import_onnx
@@ -34,13 +33,9 @@ from qwthn_onnx.circuit.qiskit_bridge import observables_to_qiskit
 from qwthn_onnx.circuit.sampling import ShotEstimator, deviation_in_standard_errors
 from qwthn_onnx.ops.models import quantum_layer_model
 from qwthn_onnx.ops.schemas import circuit_from_node
+from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.library import session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata
-from qwthn_onnx.runtime.session import (
-    ExportIntegrityError,
-    check_export_integrity,
-    resolve_model_path,
-)
 
 __all__ = [
     "TOLERANCES",
@@ -164,29 +159,29 @@ def _check_layer(
 
 
 def crosscheck(
-    export_dir: str | Path, samples: int = 8, shots: int = 4000, seed: int = 0
+    directory: str | Path, samples: int = 8, shots: int = 4000, seed: int = 0
 ) -> CrossCheckReport:
     """Check an export directory (model.onnx and qasm/) face against face.
 
     Files that differ from manifest.json are one failed check, not a refusal: a program edited
     on purpose is what this command is for, and the other checks say whether it still agrees.
     """
-    path = resolve_model_path(export_dir, check_integrity=False)
+    path = export_dir.model_path(directory, check=False)
     proto = onnx.load(str(path))
     meta = ExportMetadata.from_model(proto, where=str(path))
     initializers = {t.name: t for t in proto.graph.initializer}
     report = CrossCheckReport(model=str(path), samples=samples, shots=shots)
     try:
-        check_export_integrity(path.parent)
+        export_dir.check_integrity(path.parent)
         intact = True
-    except ExportIntegrityError:
+    except export_dir.ExportIntegrityError:
         intact = False
     report.checks.append(Check("(whole export)", "files = manifest", float(not intact), 0, intact))
     estimator = ShotEstimator(shots=shots, seed=seed)
     rng = np.random.default_rng(seed)
     for node in quantum_nodes(proto):
         layer = layer_of_node(node)
-        qasm_file = path.parent / QASM_DIR / f"{layer}.qasm"
+        qasm_file = path.parent / export_dir.QASM_DIR / f"{layer}.qasm"
         if not qasm_file.is_file():
             raise FileNotFoundError(
                 f"{qasm_file} is missing: export with OpenQASM programs (qwthn-export --qasm)"

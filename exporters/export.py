@@ -1,13 +1,6 @@
 """``model.pt`` -> an export directory, written atomically and verified before it appears.
 
-Directory layout::
-
-    model.onnx          the graph (ai.qwthn nodes, fallback functions, KV-cache I/O, metadata)
-    model.onnx.data     its weights, when they are stored as external data
-    config.json         the base model's transformers config
-    tokenizer files     as the tokenizer saved them (tokenizer.json, tokenizer_config.json, ...)
-    manifest.json       what was exported, from what, with which versions and options
-    verify.json         onnxruntime (kernels, fallback) vs PyTorch errors per output
+The directory's layout is defined in :mod:`qwthn_onnx.runtime.export_dir`.
 """
 
 from __future__ import annotations
@@ -48,22 +41,17 @@ from qwthn_onnx.adapter.config import ABLATION_FUSIONS
 from qwthn_onnx.checkpoint import LoadedModel, model_from_payload, read_model_pt
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.schemas import register_schemas
+from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
 from qwthn_onnx.runtime.metadata import ExportMetadata, encode_files
 
 __all__ = [
-    "MANIFEST_NAME",
-    "QASM_DIR",
     "ExportOptions",
     "ExportResult",
     "export_model",
     "write_qasm",
 ]
 
-MANIFEST_NAME = "manifest.json"
-QASM_DIR = "qasm"
-VERIFY_NAME = "verify.json"
-MODEL_NAME = "model.onnx"
 # Default verification tolerances per export dtype: float32 as Optimum's order of magnitude;
 # float16 rounds logits of size ~10 to steps of 0.008 (torch and onnxruntime round differently).
 TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (5e-2, 2e-2)}
@@ -118,7 +106,7 @@ def check_output_dir(path: Path) -> None:
     """Fail before any work when ``path`` cannot become the export directory."""
     if path.exists() and not path.is_dir():
         raise ExportError(f"output {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST_NAME).is_file():
+    if path.is_dir() and any(path.iterdir()) and not (path / export_dir.MANIFEST).is_file():
         raise ExportError(
             f"output {path} is a non-empty directory that is not a qwthn-export output; "
             f"choose a new -o (an earlier export there would be replaced, other files never)"
@@ -175,16 +163,13 @@ def _cast_base(loaded: LoadedModel, dtype: str) -> None:
             b.data = b.data.to(target)
 
 
-def write_qasm(directory: Path, model: QWTHNModel, weights_as_inputs: bool) -> dict[str, Any]:
-    """``<layer>.qasm`` per adapted layer (trained weights as exact literals, the layer's
-    angles as ``input float[64] x_i``) and ``index.json`` mapping layers to files and names."""
+def write_qasm(export: Path, model: QWTHNModel, weights_as_inputs: bool) -> dict[str, Any]:
+    """``qasm/<layer>.qasm`` per adapted layer of the export directory ``export`` (trained
+    weights as exact literals, the layer's angles as ``input float[64] x_i``) and
+    ``qasm/index.json`` mapping layers to files and names."""
+    directory = export / export_dir.QASM_DIR
     directory.mkdir()
-    index: dict[str, Any] = {
-        "format": "qwthn-onnx/qasm",
-        "format_version": 1,
-        "reading": "<Z_i> = P(c[i] = 0) - P(c[i] = 1)",
-        "layers": {},
-    }
+    layers: dict[str, Any] = {}
     for name, layer in model.adapter_layers().items():
         circuit = layer.qwthn.qnn.circuit
         weights = layer.qwthn.qnn.weights.detach().double().numpy()
@@ -205,8 +190,9 @@ def write_qasm(directory: Path, model: QWTHNModel, weights_as_inputs: bool) -> d
         }
         if weights_as_inputs:
             entry["weights"] = {f"theta_{j}": float(w) for j, w in enumerate(weights)}
-        index["layers"][name] = entry
-    (directory / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        layers[name] = entry
+    index = export_dir.qasm_index(layers)
+    (export / export_dir.QASM_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
 
@@ -250,7 +236,7 @@ def _external_data(exported: ExportedGraph, choice: bool | None) -> str | None:
     if choice is None:
         size = sum(t.nbytes for t in exported.weights.values())
         choice = size > EXTERNAL_DATA_THRESHOLD
-    return MODEL_NAME + ".data" if choice else None
+    return export_dir.MODEL_DATA if choice else None
 
 
 def _export_and_write(
@@ -284,10 +270,10 @@ def _export_and_write(
     with _timed(seconds, "export to ONNX", progress):
         exported = export_graph(loaded.model, metadata, options.opset, options.fallback)
     with _timed(seconds, "write and check", progress):
-        save_onnx(exported, tmp / MODEL_NAME, _external_data(exported, options.external_data))
+        save_onnx(exported, tmp / export_dir.MODEL, _external_data(exported, options.external_data))
         register_schemas()
-        onnx.checker.check_model(str(tmp / MODEL_NAME), full_check=True)
-        (tmp / "config.json").write_text(loaded.model.config.to_json_string(use_diff=False))
+        onnx.checker.check_model(str(tmp / export_dir.MODEL), full_check=True)
+        (tmp / export_dir.CONFIG).write_text(loaded.model.config.to_json_string(use_diff=False))
         for name, content in (tokenizer_files or {}).items():
             if isinstance(content, str):
                 (tmp / name).write_text(content)
@@ -295,7 +281,7 @@ def _export_and_write(
                 (tmp / name).write_bytes(content)
     if options.qasm:
         with _timed(seconds, "OpenQASM 3", progress):
-            write_qasm(tmp / QASM_DIR, loaded.model, options.qasm_weights_as_inputs)
+            write_qasm(tmp, loaded.model, options.qasm_weights_as_inputs)
     reference = None
     if options.verify:
         with _timed(seconds, "PyTorch reference", progress):
@@ -333,9 +319,9 @@ def export_model(
         if written.reference is not None:
             with _timed(seconds, "verify in onnxruntime", progress):
                 report = verify_reference(
-                    tmp / MODEL_NAME, written.reference, *options.tolerances(), runtimes
+                    tmp / export_dir.MODEL, written.reference, *options.tolerances(), runtimes
                 )
-            (tmp / VERIFY_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            (tmp / export_dir.VERIFY).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
             if not report.passed:
                 failures = report.failures()
                 raise ExportError(
@@ -343,39 +329,35 @@ def export_model(
                     f"the criteria in the README). Nothing was written; loosen --atol/--rtol or "
                     f"use --no-verify to keep the export"
                 )
-        files = {
-            str(p.relative_to(tmp)): p.stat().st_size
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file() and p.name != MANIFEST_NAME
-        }
         metadata = written.metadata
-        manifest = {
-            "format": "qwthn-onnx/export",
-            "format_version": 1,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "source": {
+        manifest = export_dir.build_manifest(
+            tmp,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            source={
                 "path": str(model_pt.resolve()),
                 "sha256": file_sha256(model_pt),
                 "producer": written.producer,
             },
-            "model": {
+            model={
                 "architecture": metadata.base_model["architecture"],
                 "adapted_layers": list(metadata.circuits),
                 "cache": metadata.cache,
                 "inputs": written.inputs,
                 "outputs": written.outputs,
             },
-            "options": dataclasses.asdict(options),
-            "versions": _versions(),
-            "verification": None
+            options=dataclasses.asdict(options),
+            versions=_versions(),
+            verification=None
             if report is None
-            else {"passed": report.passed, "runtimes": report.runtimes, "file": VERIFY_NAME},
-            "files": {
-                name: {"bytes": n, "sha256": file_sha256(tmp / name)} for name, n in files.items()
+            else {
+                "passed": report.passed,
+                "runtimes": report.runtimes,
+                "file": export_dir.VERIFY,
             },
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        files[MANIFEST_NAME] = (tmp / MANIFEST_NAME).stat().st_size
+        )
+        (tmp / export_dir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        files = {name: entry["bytes"] for name, entry in manifest["files"].items()}
+        files[export_dir.MANIFEST] = (tmp / export_dir.MANIFEST).stat().st_size
     return ExportResult(
         directory=output_dir,
         files=files,

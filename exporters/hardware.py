@@ -26,9 +26,10 @@ from qwthn_onnx._io import atomic_directory, atomic_write_text
 from qwthn_onnx.circuit import Circuit
 from qwthn_onnx.circuit.sampling import ShotEstimator, deviation_in_standard_errors
 from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
+from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata
-from qwthn_onnx.runtime.session import QWTHNSession, resolve_model_path
+from qwthn_onnx.runtime.session import QWTHNSession
 from qwthn_onnx.runtime.signature import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -86,7 +87,7 @@ def _prefill_feed(meta: ExportMetadata, ids: list[int]) -> dict[str, np.ndarray]
 
 def capture_quantum_calls(model_path: str | Path, ids: list[int]) -> list[QuantumCall]:
     """Run a prefill of ``ids`` and return every QuantumLayer's inputs and outputs."""
-    path = resolve_model_path(model_path)
+    path = export_dir.model_path(model_path)
     model = onnx.load(str(path))
     nodes = quantum_nodes(model)
     initializers = {t.name: t for t in model.graph.initializer}

@@ -19,8 +19,8 @@ from qwthn_onnx.adapter import QWTHNConfig, QWTHNModel
 from qwthn_onnx.checkpoint import LoadedModel, base_config, build_tokenizer, check_weights_fit
 from qwthn_onnx.circuit import Circuit, CircuitError
 from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
+from qwthn_onnx.runtime.export_dir import model_path
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
-from qwthn_onnx.runtime.session import resolve_model_path
 
 __all__ = ["ImportError_", "import_onnx"]
 
@@ -120,7 +120,7 @@ def _state_dict(graph: onnx.GraphProto, model: QWTHNModel, meta: ExportMetadata)
 
 def import_onnx(path: str | Path) -> LoadedModel:
     """Rebuild the adapted model, its tokenizer and training metadata from an exported file."""
-    path = resolve_model_path(path)
+    path = model_path(path)
     proto = _load(path)
     meta = ExportMetadata.from_model(proto, where=str(path))
     model = QWTHNModel(_base_model(meta, proto.graph), QWTHNConfig.from_dict(meta.adapter_config))

@@ -15,7 +15,6 @@ with a copy of its own: decoding never waits for a long prompt to be encoded.
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.session import QWTHNSession
 from qwthn_onnx.runtime.signature import (
     ATTENTION_MASK,
@@ -273,7 +273,7 @@ class ServedModel:
                 "adapter_type": str(meta.adapter_config.get("adapter_type", "QWTHN")),
                 "adapted_layers": len(layers),
                 "kernels": self.session.kernels,
-                "qasm": (self.directory / "qasm" / "index.json").is_file(),
+                "qasm": (self.directory / export_dir.QASM_INDEX).is_file(),
                 **extra,
             },
             "qwthn": {
@@ -288,26 +288,20 @@ class ServedModel:
 
     def qasm(self) -> dict[str, Any]:
         """The export's OpenQASM 3 programs by layer, from ``qasm/index.json`` and its files."""
-        directory = self.directory / "qasm"
-        index_path = directory / "index.json"
-        if not index_path.is_file():
+        try:
+            index = export_dir.read_qasm_programs(self.directory)
+        except ValueError as e:
+            raise ServingError(f"{self.label}: {e}") from e
+        if index is None:
             raise NotFoundError(
                 f"{self.label} has no OpenQASM programs (qasm/index.json is missing: exported with "
                 f"--no-qasm or by an older qwthn-export; export it again to get them)"
             )
-        try:
-            index = json.loads(index_path.read_text())
-            layers = {}
-            for layer, entry in index["layers"].items():
-                program = (directory / entry["file"]).read_text()
-                layers[layer] = {**entry, "program": program}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ServingError(f"{self.label}: cannot read its OpenQASM programs: {e!r}") from e
         return {
             "model_name": self.name,
             "model_version": str(self.version),
             "reading": index.get("reading", ""),
-            "layers": layers,
+            "layers": index["layers"],
         }
 
 

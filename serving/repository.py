@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qwthn_onnx.runtime import export_dir
 from serving.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ __all__ = ["EXPORT_FILES", "ModelRepository", "ModelSource", "RepositoryError", 
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILES = ("model.onnx", "manifest.json")  # what makes a directory a qwthn-export output
+EXPORT_FILES = (export_dir.MODEL, export_dir.MANIFEST)  # what makes a qwthn-export output
 _LAYOUTS = (
     "an export directory (model.onnx + manifest.json, from qwthn-export) or a model repository "
     "<repo>/<model>/<version>/ whose version directories are export directories"
@@ -44,10 +45,6 @@ class ModelSource:
     name: str
     version: int
     directory: Path
-
-
-def _is_export(path: Path) -> bool:
-    return any((path / name).exists() for name in EXPORT_FILES)
 
 
 def _check_export(path: Path) -> None:
@@ -73,12 +70,12 @@ def discover(path: str | Path) -> list[ModelSource]:
         raise RepositoryError(f"{path}: no such directory; give {_LAYOUTS}")
     if not path.is_dir():
         raise RepositoryError(f"{path} is not a directory; give {_LAYOUTS}")
-    if _is_export(path):
+    if export_dir.is_export_directory(path):
         _check_export(path)
         return [ModelSource(path.resolve().name, 1, path)]
     sources = []
     for model_dir in _subdirectories(path):
-        if _is_export(model_dir):
+        if export_dir.is_export_directory(model_dir):
             raise RepositoryError(
                 f"{model_dir} is an export directory directly under the repository; put it in "
                 f"a version directory: {model_dir}/1/"

@@ -11,10 +11,11 @@ from pathlib import Path
 from qwthn_onnx import __version__
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.fallback import FallbackMismatchError
+from qwthn_onnx.runtime.export_dir import ExportIntegrityError
 from qwthn_onnx.runtime.generation import GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError
 from qwthn_onnx.runtime.metadata import MetadataError
-from qwthn_onnx.runtime.session import ExportIntegrityError, QWTHNSession
+from qwthn_onnx.runtime.session import QWTHNSession
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,11 @@ extension; ``$QWTHN_OPS_LIBRARY`` overrides the location (e.g. a debug or saniti
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import onnxruntime as ort
+
+from qwthn_onnx.runtime.export_dir import library_file_name
 
 __all__ = ["LibraryNotFoundError", "get_library_path", "session_options"]
 
@@ -20,14 +21,6 @@ _ENV = "QWTHN_OPS_LIBRARY"
 
 class LibraryNotFoundError(FileNotFoundError):
     """The custom-op library is not built or not where it should be."""
-
-
-def _library_name() -> str:
-    if sys.platform == "win32":
-        return "qwthn_ops.dll"
-    if sys.platform == "darwin":
-        return "libqwthn_ops.dylib"
-    return "libqwthn_ops.so"
 
 
 def _candidates() -> list[Path]:
@@ -40,7 +33,7 @@ def _candidates() -> list[Path]:
     if extension is not None:
         dirs.append(extension.parent)
     dirs.append(Path(__file__).resolve().parent.parent)
-    return [d / _library_name() for d in dict.fromkeys(dirs)]
+    return [d / library_file_name() for d in dict.fromkeys(dirs)]
 
 
 def get_library_path() -> str:
@@ -60,7 +53,7 @@ def get_library_path() -> str:
             return str(path)
     searched = ", ".join(str(p) for p in candidates)
     raise LibraryNotFoundError(
-        f"the qwthn custom-op library ({_library_name()}) was not found (searched {searched}). "
+        f"the qwthn custom-op library ({library_file_name()}) was not found (searched {searched}). "
         "Reinstall with a C++17 compiler and CMake (pip install -e .), or point "
         f"${_ENV} at a built copy. Models exported with fallbacks still run without it."
     )

@@ -19,70 +19,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qwthn_onnx._io import file_sha256, tokenizer_from_files
+from qwthn_onnx._io import tokenizer_from_files
 from qwthn_onnx.ops.fallback import check_fallbacks
+from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError, generate_tokens
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
 from qwthn_onnx.runtime.signature import past_names
 
-__all__ = [
-    "ExportIntegrityError",
-    "FallbackWarning",
-    "Generation",
-    "QWTHNSession",
-    "check_export_integrity",
-    "resolve_model_path",
-]
-
-_MODEL_NAME = "model.onnx"
-_MANIFEST_NAME = "manifest.json"
+__all__ = ["FallbackWarning", "Generation", "QWTHNSession"]
 
 
 class FallbackWarning(RuntimeWarning):
     """The kernel library could not be registered; the standard-op fallbacks run instead."""
-
-
-class ExportIntegrityError(ValueError):
-    """An export directory whose files no longer match its ``manifest.json``."""
-
-
-def check_export_integrity(directory: str | Path) -> None:
-    """Compare every file ``manifest.json`` lists with its recorded size and sha256.
-
-    A bit flip that still parses as ONNX would otherwise load and answer wrongly without a
-    word; a directory without a manifest (a bare ``model.onnx``) has nothing to check.
-    """
-    directory = Path(directory)
-    manifest_path = directory / _MANIFEST_NAME
-    if not manifest_path.is_file():
-        return
-    try:
-        files = json.loads(manifest_path.read_bytes())["files"]
-        entries = [(str(name), int(e["bytes"]), str(e["sha256"])) for name, e in files.items()]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ExportIntegrityError(
-            f"{manifest_path} is damaged ({type(e).__name__}: {e}); export the model again "
-            "with qwthn-export, or load its model.onnx directly to skip the check"
-        ) from e
-    problems = []
-    for name, size, sha256 in entries:
-        path = directory / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            problems.append(f"{name}: not a path inside the export")
-        elif not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != size:
-            problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {size}")
-        elif file_sha256(path) != sha256:
-            problems.append(f"{name}: contents differ (sha256)")
-    if problems:
-        raise ExportIntegrityError(
-            f"{directory} does not match its {_MANIFEST_NAME} ({'; '.join(problems[:5])}"
-            f"{'; ...' if len(problems) > 5 else ''}): the export was damaged or changed after "
-            "qwthn-export wrote it. Export it again, or load its model.onnx directly to skip "
-            "this check."
-        )
 
 
 def _check_fallbacks(path: Path) -> None:
@@ -91,19 +40,6 @@ def _check_fallbacks(path: Path) -> None:
     proto = onnx.load(str(path), load_external_data=False)
     if proto.functions:  # none: exported with --no-fallback, which onnxruntime will name
         check_fallbacks(proto, where=str(path))
-
-
-def resolve_model_path(path: str | Path, check_integrity: bool = True) -> Path:
-    """``model.onnx`` itself, or the one inside an export directory, whose files are first
-    checked against its manifest (:func:`check_export_integrity`) unless told not to."""
-    path = Path(path)
-    if path.is_dir():
-        if check_integrity:
-            check_export_integrity(path)
-        path = path / _MODEL_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; give model.onnx or a qwthn-export output")
-    return path
 
 
 @dataclass
@@ -131,7 +67,7 @@ class QWTHNSession:
     ) -> None:
         if kernels not in ("auto", True, False):
             raise ValueError(f"kernels must be 'auto', True or False, got {kernels!r}")
-        self.path = resolve_model_path(path)
+        self.path = export_dir.model_path(path)
         options = ort.SessionOptions()
         self.kernels = False
         if kernels is not False:

@@ -10,11 +10,11 @@ import torch
 from exporters import SUPPORTED_ARCHITECTURES, ExportError, ExportOptions, export_model
 from exporters.causal_lm import CacheGeometry, sample_inputs
 from exporters.cli import export_main
-from exporters.export import MANIFEST_NAME
 from exporters.verify import NEW_TOKENS, PROMPTS
 from qwthn_onnx import ModelFileError
 from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node, register_schemas
 from qwthn_onnx.runtime import session_options
+from qwthn_onnx.runtime.export_dir import MANIFEST as MANIFEST_NAME
 from qwthn_onnx.runtime.metadata import ExportMetadata
 from qwthn_onnx.runtime.signature import past_names, present_names
 from tests.exporters.conftest import make_model_pt

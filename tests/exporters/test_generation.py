@@ -12,12 +12,8 @@ from qwthn_onnx.runtime.generation import (
     _filtered_probabilities,
     next_tokens,
 )
-from qwthn_onnx.runtime.session import (
-    ExportIntegrityError,
-    FallbackWarning,
-    QWTHNSession,
-    check_export_integrity,
-)
+from qwthn_onnx.runtime import ExportIntegrityError, check_export_integrity
+from qwthn_onnx.runtime.session import FallbackWarning, QWTHNSession
 
 
 @pytest.fixture(scope="module")
