@@ -3,23 +3,24 @@
 ``create_app(repository, settings)`` gives a FastAPI app with the protocol's health, metadata
 and inference endpoints, text generation (``generate``, and ``generate_stream`` with
 server-sent events, named after Triton's generate extension), the exports' OpenQASM programs,
-Prometheus ``/metrics`` and OpenAPI docs at ``/docs``. Inference goes through a
+Prometheus ``/metrics`` and OpenAPI docs at ``/docs``; Triton's model-configuration and
+statistics extensions (``.../config``, ``.../stats``); and an OpenAI-compatible API under
+``/v1`` (``serving.openai``). Inference goes through a
 per-model-version Batcher (onnxruntime off the event loop, concurrent requests merged),
 generation through a per-model-version GenerationScheduler (a token for every active request
-per round, decoded as one batch).
-Every error answers ``{"error": "<message>"}``; one that happens after a stream has started
-is its last event, ``event: error``.
+per round, decoded as one batch), whichever API asked (``GenerationService``).
+Every error answers ``{"error": "<message>"}`` (OpenAI's error object under ``/v1``); one that
+happens after a stream has started is its last event, ``event: error``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,7 +28,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
@@ -39,27 +39,32 @@ from serving.errors import (
     ServingError,
     TimeoutExceededError,
     UnavailableError,
+    describe_validation_error,
+    error_body,
 )
 from serving.generation import (
     GenerationJob,
     GenerationPlan,
     GenerationResult,
+    GenerationService,
     TokenEvent,
     plan_generation,
 )
-from serving.metrics import CONTENT_TYPE_LATEST, Metrics
+from serving.metrics import CONTENT_TYPE_LATEST, Metrics, ModelStats
 from serving.middleware import (
     CLIENT_GONE,
     BodyLimitMiddleware,
     ErrorMiddleware,
     MetricsMiddleware,
 )
+from serving.openai import ChatCompletionRequest, CompletionRequest, add_openai_routes
 from serving.protocol import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
     InferenceRequest,
     InferenceResponse,
+    ModelConfig,
     ModelMetadata,
     ModelReady,
     QasmResponse,
@@ -67,12 +72,18 @@ from serving.protocol import (
     ServerLive,
     ServerMetadata,
     ServerReady,
+    TritonGenerateRequest,
+    TritonGenerateResponse,
     attach_binary_data,
+    config_tensor,
     encode_response,
+    parse_generate_request,
     wants_binary,
 )
 from serving.repository import ModelRepository
 from serving.scheduler import GenerationScheduler
+from serving.schema import body_docs, with_schemas
+from serving.streaming import SSE_HEADERS, sse, unless_disconnected
 from serving.webpage import add_web_page
 
 if TYPE_CHECKING:
@@ -85,8 +96,16 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "qwthn-serve"
 # qwthn_qasm: GET .../qasm; generate: POST .../generate and .../generate_stream;
 # model_repository: POST /v2/repository/index (Triton's, the index only: no load or unload);
-# binary_tensor_data: tensors as raw bytes after the JSON, in requests and answers (Triton's)
-EXTENSIONS = ["qwthn_qasm", "generate", "model_repository", "binary_tensor_data"]
+# binary_tensor_data: tensors as raw bytes after the JSON, in requests and answers (Triton's);
+# model_configuration: GET .../config; statistics: GET .../stats and /v2/models/stats (Triton's)
+EXTENSIONS = [
+    "qwthn_qasm",
+    "generate",
+    "model_repository",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+]
 _MODEL = "/v2/models/{model_name}"
 _VERSION = "/v2/models/{model_name}/versions/{model_version}"
 
@@ -136,9 +155,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The request did not finish in time",
     }.items()
 }
-# No caching, no proxy buffering, and no keep-alive: a browser that aborts a stream would
-# otherwise read it to its end to reuse the connection, and the generation would go on for it.
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"}
 T = TypeVar("T")
 # Up to these sizes an inference request is parsed, and its answer encoded, on the event loop:
 # each takes well under a millisecond there (measured: 25 µs for a 16-token request, 23 µs for
@@ -146,60 +162,6 @@ T = TypeVar("T")
 _INLINE_BYTES = 64 * 2**10
 _BINARY_HEADER = "Inference-Header-Content-Length"  # the binary tensor data extension
 _INLINE_ELEMENTS = 32 * 2**10
-
-
-def _describe(error: ValidationError, what: str) -> str:
-    """One line for the client from pydantic's errors (the first three), with where they are:
-    ``inputs[0].shape: Field required``."""
-    errors = error.errors()
-    if errors[0]["type"] == "json_invalid":
-        return f"request body is not valid JSON: {errors[0]['msg']}"
-    parts = []
-    for e in errors[:3]:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
-        parts.append(f"{where or 'request body'}: {e['msg']}")
-    more = f"; {len(errors) - 3} more" if len(errors) > 3 else ""
-    return f"invalid {what}: " + "; ".join(parts) + more
-
-
-def _with_schemas(app: FastAPI, *models: type[BaseModel]) -> Callable[[], dict[str, Any]]:
-    """An ``app.openapi`` that also lists ``models``: the request bodies that routes parse
-    themselves, which FastAPI cannot see."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                defs = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(defs.pop("$defs", {}))
-                components[model.__name__] = defs
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    return openapi
-
-
-def _body_docs(model: type[BaseModel], responses: dict[int | str, Any]) -> dict[str, Any]:
-    """Route documentation for a body the route parses itself (listed by ``_with_schemas``)."""
-    return {
-        "responses": {**responses, **_ERRORS},
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                    }
-                },
-            }
-        },
-    }
 
 
 def _json_length(request: Request, size: int) -> int:
@@ -221,46 +183,77 @@ async def _on_loop_if_small(work: Callable[[], T], size: int, limit: int) -> T:
     return work() if size <= limit else await asyncio.to_thread(work)
 
 
-def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
-    """One server-sent event; JSON escapes newlines, so ``data`` is one line."""
-    line = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return (f"event: {event}\n" if event else "").encode() + f"data: {line}\n\n".encode()
-
-
-async def _until_disconnected(request: Request) -> None:
-    """Return when the client disconnects (the request body must have been read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T | None:
-    """What ``awaitable`` gives, or None when the client disconnects first (``awaitable`` is
-    then cancelled): an answer nobody will read is not worth computing."""
-    work = asyncio.ensure_future(awaitable)
-    gone = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        work.cancel()
-        gone.cancel()
-    return work.result() if work.done() else None
-
-
 async def _events(
-    job: GenerationJob, answer: Callable[[GenerationResult], GenerateResponse]
+    job: GenerationJob,
+    answer: Callable[[GenerationResult], GenerateResponse],
+    done: Callable[[bool], None],
 ) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed generation: its tokens, ``answer`` of its result,
     ``[DONE]``; or an error event. Starlette cancels this when the client disconnects, and
-    ``finally`` then stops the generation."""
+    ``finally`` then stops the generation; ``done(ok)`` counts how it ended."""
+    ok = False
     try:
         while isinstance(event := await job.next_event(), TokenEvent):
-            yield _sse(asdict(event))
-        yield _sse(answer(event).model_dump_json())
-        yield _sse("[DONE]")
+            yield sse(asdict(event))
+        yield sse(answer(event).model_dump_json())
+        yield sse("[DONE]")
+        ok = True
     except ServingError as e:
-        yield _sse({"error": e.message}, event="error")
+        yield sse({"error": e.message}, event="error")
     finally:
         job.cancel()
+        done(ok)
+
+
+async def _triton_events(
+    job: GenerationJob,
+    answer: Callable[[str], TritonGenerateResponse],
+    prefix: str,
+    done: Callable[[bool], None],
+) -> AsyncIterator[bytes]:
+    """Triton's generate_stream for its body: an event per new piece of text (the first
+    starting with ``prefix``, the prompt unless excluded), the last one when the generation
+    ends (its text may be empty); an error event instead when it fails. No ``[DONE]``: Triton
+    sends none."""
+    ok = False
+    sent = ""
+    try:
+        while isinstance(event := await job.next_event(), TokenEvent):
+            if event.text:
+                sent += event.text
+                yield sse(answer(prefix + event.text).model_dump())
+                prefix = ""
+        rest = event.text[len(sent) :] if event.text.startswith(sent) else ""
+        yield sse(answer(prefix + rest).model_dump())
+        ok = True
+    except ServingError as e:
+        yield sse({"error": e.message}, event="error")
+    finally:
+        job.cancel()
+        done(ok)
+
+
+async def _result_of(
+    request: Request, job: GenerationJob, stats: ModelStats, done: Callable[[bool], None]
+) -> GenerationResult | None:
+    """The job's result, or None when the client disconnected first (the job is cancelled
+    either way once this returns); ``done(ok)`` counts the outcome."""
+    ok = False
+    try:
+        result = await unless_disconnected(request, job.result())
+        ok = result is not None
+        return result
+    finally:
+        job.cancel()
+        done(ok)
+
+
+def _json(answer: Callable[[], BaseModel], stats: ModelStats) -> Response:
+    """The JSON answer ``answer()`` gives, its encoding timed as the request's compute_output."""
+    start = time.monotonic()
+    content = answer().model_dump_json()
+    stats.phase("compute_output", time.monotonic() - start)
+    return Response(content, media_type="application/json")
 
 
 def create_app(repository: ModelRepository, settings: Settings | None = None) -> FastAPI:
@@ -294,7 +287,7 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
                 model.session.metadata.cache,
                 model.session.cache_dtype,
                 max_batch=settings.max_batch_size,
-                observe=generation_metrics[(model.name, model.version)].decode_batch.observe,
+                observe=generation_metrics[(model.name, model.version)].decoded,
             ).step,
             max_active=settings.max_concurrent_generations,
             in_flight=generation_metrics[(model.name, model.version)].in_flight,
@@ -302,6 +295,12 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
         for model in repository
     }
     workers: list[Batcher | GenerationScheduler] = [*batchers.values(), *schedulers.values()]
+    generations = GenerationService(
+        schedulers,
+        generation_metrics,
+        max_tokens=settings.max_tokens,
+        timeout_s=settings.timeout_s,
+    )
 
     def load_tokenizers() -> None:
         for model in repository:
@@ -338,7 +337,14 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
         description="Open Inference Protocol v2 (KServe v2) server for QWTHN exports",
         lifespan=lifespan,
     )
-    app.openapi = _with_schemas(app, InferenceRequest, GenerateRequest)  # type: ignore[method-assign]
+    app.openapi = with_schemas(  # type: ignore[method-assign]
+        app,
+        InferenceRequest,
+        GenerateRequest,
+        TritonGenerateRequest,
+        CompletionRequest,
+        ChatCompletionRequest,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ErrorMiddleware)
     # Outermost: sees every status. app.router.routes is the list the routes below join.
@@ -346,7 +352,8 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
 
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, exc.status)
+        body = error_body(request.url.path, exc.status, exc.message, exc.param, exc.code)
+        return JSONResponse(body, exc.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -354,7 +361,8 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             404: f"no such endpoint: {request.method} {request.url.path}",
             405: f"{request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, str(exc.detail))
-        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+        body = error_body(request.url.path, exc.status_code, message)
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     def batcher_of(name: str, version: str | None) -> tuple[ServedModel, Batcher]:
         model = repository.get(name, version)
@@ -418,6 +426,75 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
         batching = {"max_batch_size": settings.max_batch_size, "dynamic_batching": batcher.merging}
         return ModelMetadata(**model.metadata(repository.versions(name), batching))
 
+    # Model configuration and statistics (Triton's extensions "model_configuration" and
+    # "statistics"). /v2/models/stats comes before /v2/models/{model_name}, which would match it.
+
+    @app.get("/v2/models/stats", tags=["metadata"])
+    async def all_stats() -> dict[str, Any]:
+        """Every model version's statistics (Triton's statistics extension), by name then
+        version."""
+        return _stats_of(sorted(repository, key=lambda m: (m.name, m.version)))
+
+    def _stats_of(models: list[ServedModel]) -> dict[str, Any]:
+        return {"model_stats": [metrics.stats(m.name, str(m.version)).json() for m in models]}
+
+    def model_config(name: str, version: str | None) -> ModelConfig:
+        from serving.model import PLATFORM  # onnxruntime's import: not before a model is loaded
+
+        model, batcher = batcher_of(name, version)
+        # Triton's max_batch_size > 0 says dim 0 of every tensor is the batch, left out of dims.
+        batched = batcher.merging
+        optional = set(model.optional_inputs)
+        return ModelConfig(
+            name=model.name,
+            platform=PLATFORM,
+            backend="onnxruntime",
+            version_policy={"specific": {"versions": [str(model.version)]}},
+            max_batch_size=settings.max_batch_size if batched else 0,
+            input=[
+                config_tensor(s.name, s.datatype, s.shape, batched, s.name in optional)
+                for s in model.inputs.values()
+            ],
+            output=[
+                config_tensor(s.name, s.datatype, s.shape, batched) for s in model.outputs.values()
+            ],
+            dynamic_batching=(
+                {"max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000)}
+                if batched
+                else None
+            ),
+            instance_group=[{"name": model.name, "kind": "KIND_CPU", "count": 1}],
+            default_model_filename=model.session.path.name,
+            parameters={
+                "generation": {"string_value": str(model.generation_problem is None).lower()},
+                "kernels": {"string_value": str(model.session.kernels).lower()},
+            },
+        )
+
+    config_docs: dict[str, Any] = {"tags": ["metadata"], "responses": _ERRORS}
+
+    @app.get(_MODEL + "/config", **config_docs)
+    async def model_default_config(model_name: str) -> ModelConfig:
+        """The default version's configuration as Triton's model-configuration extension
+        gives it (the JSON form of a ``config.pbtxt``): tensors with Triton's data types and
+        dims (-1: variable; the batch dimension left out when ``max_batch_size`` > 0)."""
+        return model_config(model_name, None)
+
+    @app.get(_VERSION + "/config", **config_docs)
+    async def model_version_config(model_name: str, model_version: str) -> ModelConfig:
+        return model_config(model_name, model_version)
+
+    @app.get(_MODEL + "/stats", **config_docs)
+    async def model_stats(model_name: str) -> dict[str, Any]:
+        """The statistics of every version of the model (Triton's statistics extension):
+        requests by outcome, time in each phase, inferences and onnxruntime runs."""
+        versions = repository.versions(model_name)
+        return _stats_of([repository.get(model_name, str(v)) for v in versions])
+
+    @app.get(_VERSION + "/stats", **config_docs)
+    async def model_version_stats(model_name: str, model_version: str) -> dict[str, Any]:
+        return _stats_of([repository.get(model_name, model_version)])
+
     @app.get(_MODEL, tags=["metadata"], responses=_ERRORS)
     async def model_default_metadata(model_name: str) -> ModelMetadata:
         """Inputs and outputs (-1: variable dimension) of the default version, every version,
@@ -431,18 +508,24 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     # Inference.
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
+        received = time.monotonic()
         model, batcher = batcher_of(name, version)
-        body = await request.body()
-        json_length = _json_length(request, len(body))
+        stats = metrics.stats(model.name, str(model.version))
+        rows = 0  # inferences made, for the statistics
+        ok = False
 
         async def run() -> tuple[bytes, int | None]:
+            nonlocal rows
             # The body is parsed here, not as a FastAPI body parameter: any content type is
             # taken (curl -d sends form encoding), and binary tensor data may follow the JSON.
             # Small bodies and answers are handled on the event loop (tens of microseconds,
             # less than a hop to a thread and back); large ones in a thread, so that megabytes
             # of JSON do not stall other requests.
+            start = time.monotonic()
             parsed, feed, outputs = await _on_loop_if_small(parse, len(body), _INLINE_BYTES)
+            stats.phase("compute_input", time.monotonic() - start)
             result = await batcher.submit(feed, outputs)
+            rows = next(iter(feed.values())).shape[0]
             typed = {n: (model.outputs[n].datatype, result[n]) for n in outputs}
             request_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
             binary = [n for n in outputs if wants_binary(parsed, n)]
@@ -450,23 +533,31 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
                 encode_response, model.name, str(model.version), request_id, typed, binary
             )
             size = sum(a.size for n, (_, a) in typed.items() if n not in binary)
-            return await _on_loop_if_small(encode, size, _INLINE_ELEMENTS)
+            start = time.monotonic()
+            encoded = await _on_loop_if_small(encode, size, _INLINE_ELEMENTS)
+            stats.phase("compute_output", time.monotonic() - start)
+            return encoded
 
         def parse() -> tuple[InferenceRequest, dict[str, Any], list[str]]:
             try:
                 parsed = InferenceRequest.model_validate_json(body[:json_length])
             except ValidationError as e:
-                raise BadRequestError(_describe(e, "inference request")) from e
+                raise BadRequestError(describe_validation_error(e, "inference request")[0]) from e
             attach_binary_data(parsed, body[json_length:])
             return parsed, model.prepare(parsed.inputs), model.select_outputs(parsed.outputs)
 
         try:
+            body = await request.body()
+            json_length = _json_length(request, len(body))
             content, header_length = await asyncio.wait_for(run(), settings.timeout_s)
+            ok = True
         except asyncio.TimeoutError as e:
             raise TimeoutExceededError(
                 f"{model.label}: inference did not finish within {settings.timeout_s:g} s "
                 f"(--timeout-s)"
             ) from e
+        finally:
+            stats.request(ok, time.monotonic() - received, rows)
         if header_length is None:
             return Response(content, media_type="application/json")
         return Response(
@@ -475,7 +566,7 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             headers={_BINARY_HEADER: str(header_length)},
         )
 
-    infer_docs = _body_docs(InferenceRequest, {200: {"model": InferenceResponse}})
+    infer_docs = body_docs(InferenceRequest, {200: {"model": InferenceResponse}, **_ERRORS})
 
     @app.post(_MODEL + "/infer", tags=["inference"], **infer_docs)
     async def model_default_infer(model_name: str, request: Request) -> Response:
@@ -494,63 +585,80 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     async def generate(name: str, version: str | None, request: Request, stream: bool) -> Response:
         received = time.monotonic()
         model = repository.get(name, version)
-        key = (model.name, model.version)
-        problem = model.generation_problem
-        if problem is not None:
-            raise BadRequestError(problem)
+        generations.check(model)
+        stats = generations.stats(model)
         body = await request.body()
 
-        def parse(body: bytes) -> tuple[GenerateRequest, GenerationPlan]:
-            try:
-                parsed = GenerateRequest.model_validate_json(body)
-            except ValidationError as e:
-                raise BadRequestError(_describe(e, "generate request")) from e
+        def parse(body: bytes) -> tuple[GenerateRequest | TritonGenerateRequest, GenerationPlan]:
+            parsed = parse_generate_request(body)
             return parsed, plan_generation(model, parsed, settings.max_tokens)
 
-        # Off the event loop: the tokenizer may take a while over a long prompt.
-        parsed, plan = await asyncio.to_thread(parse, body)
-        job = GenerationJob(
-            model,
-            plan,
-            generation_metrics[key],
-            stream=stream,
-            received=received,
-            timeout_s=settings.timeout_s,
-        )
-        if not job.finished:
-            schedulers[key].submit(job)
+        def done(ok: bool) -> None:
+            stats.request(ok, time.monotonic() - received)
+
+        try:
+            # Off the event loop: the tokenizer may take a while over a long prompt.
+            parsed, plan = await asyncio.to_thread(parse, body)
+            stats.phase("compute_input", time.monotonic() - received)
+            (job,) = generations.start(model, [plan], stream=stream, received=received)
+        except ServingError:
+            done(False)
+            raise
+        version_name = str(model.version)
+
+        if isinstance(parsed, TritonGenerateRequest):
+            prefix = "" if parsed.sampling.exclude_input_in_output else parsed.text_input
+
+            def triton_answer(text: str) -> TritonGenerateResponse:
+                return TritonGenerateResponse(
+                    model_name=model.name, model_version=version_name, text_output=text
+                )
+
+            if stream:
+                return StreamingResponse(
+                    _triton_events(job, triton_answer, prefix, done),
+                    media_type="text/event-stream",
+                    headers=SSE_HEADERS,
+                )
+            result = await _result_of(request, job, stats, done)
+            if result is None:
+                return JSONResponse({"error": "the client disconnected"}, CLIENT_GONE)
+            return _json(lambda: triton_answer(prefix + result.text), stats)
+
         request_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
 
         def answer(result: GenerationResult) -> GenerateResponse:
             return GenerateResponse(
                 model_name=model.name,
-                model_version=str(model.version),
+                model_version=version_name,
                 id=request_id,
                 completion_tokens=len(result.token_ids),
                 **asdict(result),
             )
 
-        if not stream:
-            try:
-                result = await _unless_disconnected(request, job.result())
-            finally:
-                job.cancel()
-            if result is None:
-                return JSONResponse({"error": "the client disconnected"}, CLIENT_GONE)
-            return Response(answer(result).model_dump_json(), media_type="application/json")
+        if stream:
+            return StreamingResponse(
+                _events(job, answer, done), media_type="text/event-stream", headers=SSE_HEADERS
+            )
+        result = await _result_of(request, job, stats, done)
+        if result is None:
+            return JSONResponse({"error": "the client disconnected"}, CLIENT_GONE)
+        return _json(lambda: answer(result), stats)
 
-        return StreamingResponse(
-            _events(job, answer), media_type="text/event-stream", headers=_SSE_HEADERS
-        )
-
-    generate_docs = _body_docs(GenerateRequest, {200: {"model": GenerateResponse}})
-    stream_docs = _body_docs(
-        GenerateRequest,
+    generate_bodies = (GenerateRequest, TritonGenerateRequest)
+    generate_docs = body_docs(
+        generate_bodies,
+        {200: {"model": GenerateResponse | TritonGenerateResponse}, **_ERRORS},
+    )
+    stream_docs = body_docs(
+        generate_bodies,
         {
             200: {
-                "description": "Server-sent events: one per token, then the result, then [DONE]",
+                "description": "Server-sent events: one per token, then the result, then [DONE] "
+                "(Triton's body: one per piece of text, no [DONE])",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            }
+            },
+            **_ERRORS,
         },
     )
 
@@ -558,7 +666,13 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     async def model_default_generate(model_name: str, request: Request) -> Response:
         """Generate text from ``prompt`` with the default version (Triton's generate extension
         endpoint; the body is ``GenerateRequest``). Greedy unless ``do_sample``; the text ends at
-        the model's eos token, a ``stop`` string (cut off), ``max_new_tokens`` or the context."""
+        the model's eos token, a ``stop`` string (cut off), ``max_new_tokens`` or the context.
+
+        Triton's own body, ``{"text_input", "parameters": {"max_tokens", "temperature", ...}}``
+        (``TritonGenerateRequest``: temperature 0 is greedy, 1 by default), is answered in
+        Triton's shape, ``{"model_name", "model_version", "text_output"}``; ``text_output``
+        starts with the prompt unless ``exclude_input_in_output``, as Triton's vLLM backend
+        answers."""
         return await generate(model_name, None, request, stream=False)
 
     @app.post(_VERSION + "/generate", tags=["generation"], **generate_docs)
@@ -573,7 +687,11 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
         "text", "index"}`` per token as it is generated (the text pieces add up to the final
         text), then ``data:`` the ``generate`` answer and ``data: [DONE]``. An error after the
         stream began is its last event, ``event: error`` with ``data: {"error": ...}``; a client
-        that disconnects stops its generation."""
+        that disconnects stops its generation.
+
+        For Triton's body, ``data: {"model_name", "model_version", "text_output"}`` per new
+        piece of text (the first starting with the prompt unless ``exclude_input_in_output``),
+        the last one when the generation ends; no ``[DONE]``."""
         return await generate(model_name, None, request, stream=True)
 
     @app.post(_VERSION + "/generate_stream", tags=["generation"], **stream_docs)
@@ -599,5 +717,6 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    add_openai_routes(app, repository, generations)
     add_web_page(app)
     return app

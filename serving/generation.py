@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -25,19 +25,23 @@ from typing import TYPE_CHECKING
 from qwthn_onnx.runtime.decoding import DecodingSequence
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError
 from serving.errors import BadRequestError, ServingError, TimeoutExceededError
-from serving.metrics import GenerationMetrics
-from serving.protocol import GenerateRequest
+from serving.metrics import GenerationMetrics, ModelStats
+from serving.protocol import GenerateRequest, TritonGenerateRequest
 
 if TYPE_CHECKING:
     from serving.model import ServedModel
+    from serving.scheduler import GenerationScheduler
 
 __all__ = [
     "GenerationJob",
     "GenerationPlan",
     "GenerationResult",
+    "GenerationService",
     "TextStream",
     "TokenEvent",
+    "check_config",
     "plan_generation",
+    "plan_prompt",
 ]
 
 _REPLACEMENT = "\ufffd"  # what a decoder gives for a UTF-8 sequence whose last bytes are to come
@@ -54,8 +58,63 @@ class GenerationPlan:
     budget: int  # the most new tokens: max_new_tokens, fewer where the context ends first
 
 
+def check_config(config: GenerationConfig, max_tokens: int, tokens_param: str) -> None:
+    """Raise BadRequestError for a bad sampling parameter (GenerationError's message) or a
+    ``max_new_tokens`` (called ``tokens_param`` by the request) over the server's
+    ``max_tokens``."""
+    try:
+        config.validate()
+    except GenerationError as e:
+        message = str(e)
+        param = message.split(" ", 1)[0]
+        if param == "max_new_tokens":
+            message, param = message.replace("max_new_tokens", tokens_param, 1), tokens_param
+        raise BadRequestError(message, param=param) from e
+    if config.max_new_tokens > max_tokens:
+        raise BadRequestError(
+            f"{tokens_param} {config.max_new_tokens} is over this server's limit of {max_tokens} "
+            f"(--max-tokens)",
+            param=tokens_param,
+        )
+
+
+def plan_prompt(
+    model: ServedModel,
+    ids: Sequence[int],
+    config: GenerationConfig,
+    stop: Sequence[str],
+    prompt_param: str = "prompt",
+) -> GenerationPlan:
+    """The plan of generating from prompt tokens ``ids`` with a checked ``config``.
+
+    Raises BadRequestError for a prompt without tokens, with ids outside the vocabulary, or
+    longer than the model's context.
+    """
+    if not ids:
+        raise BadRequestError(
+            f"the prompt encodes to no tokens ({model.label} has no bos token)", param=prompt_param
+        )
+    vocab = model.vocab_size
+    if vocab is not None and not all(0 <= t < vocab for t in ids):
+        raise BadRequestError(
+            f"the prompt's token ids must be in [0, {vocab}); got {min(ids)}..{max(ids)}",
+            param=prompt_param,
+        )
+    context = model.session.max_length
+    if context is not None and len(ids) > context:
+        raise BadRequestError(
+            f"the prompt has {len(ids)} tokens but the context of {model.label} is {context}",
+            param=prompt_param,
+        )
+    budget = config.max_new_tokens
+    if context is not None:  # generation stops where the context is full
+        budget = min(budget, context - len(ids))
+    stop_ids = frozenset(model.session.stop_config(config).stop_token_ids)
+    return GenerationPlan(list(ids), config, tuple(s for s in stop if s), stop_ids, budget)
+
+
 def plan_generation(
-    model: ServedModel, request: GenerateRequest, max_tokens: int
+    model: ServedModel, request: GenerateRequest | TritonGenerateRequest, max_tokens: int
 ) -> GenerationPlan:
     """Check ``request`` and encode its prompt (blocking: the tokenizer runs).
 
@@ -64,28 +123,8 @@ def plan_generation(
     model's context.
     """
     config = request.generation_config()
-    try:
-        config.validate()
-    except GenerationError as e:
-        raise BadRequestError(str(e)) from e
-    if config.max_new_tokens > max_tokens:
-        raise BadRequestError(
-            f"max_new_tokens {config.max_new_tokens} is over this server's limit of {max_tokens} "
-            f"(--max-tokens)"
-        )
-    ids = model.encode(request.prompt)
-    if not ids:
-        raise BadRequestError(f"the prompt encodes to no tokens ({model.label} has no bos token)")
-    context = model.session.max_length
-    if context is not None and len(ids) > context:
-        raise BadRequestError(
-            f"the prompt has {len(ids)} tokens but the context of {model.label} is {context}"
-        )
-    budget = config.max_new_tokens
-    if context is not None:  # generation stops where the context is full
-        budget = min(budget, context - len(ids))
-    stop_ids = frozenset(model.session.stop_config(config).stop_token_ids)
-    return GenerationPlan(ids, config, tuple(s for s in request.stop if s), stop_ids, budget)
+    check_config(config, max_tokens, request.tokens_param)
+    return plan_prompt(model, model.encode(request.prompt), config, request.stop_strings)
 
 
 @dataclass(frozen=True)
@@ -198,6 +237,8 @@ class GenerationJob:
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._submitted = time.monotonic()
+        self._first_token: float | None = None
         if self.finished:
             self._finish("length")
 
@@ -217,7 +258,10 @@ class GenerationJob:
         done = stopped or index + 1 == self._budget
         self._metrics.tokens.inc()
         if index == 0:
-            self._metrics.first_token_seconds.observe(time.monotonic() - self._received)
+            now = self._first_token = time.monotonic()
+            self._metrics.first_token_seconds.observe(now - self._received)
+            self._metrics.stats.phase("queue", now - self._submitted)
+            self._metrics.stats.execution(1)  # the prompt's prefill
         if self._stream:
             self._post(TokenEvent(token, self._text.piece(final=done), index))
         if done:
@@ -229,7 +273,10 @@ class GenerationJob:
         self._post(error)
 
     def _finish(self, reason: str) -> bool:
-        self._metrics.seconds.observe(time.monotonic() - self._received)
+        now = time.monotonic()
+        self._metrics.seconds.observe(now - self._received)
+        if self._first_token is not None:
+            self._metrics.stats.phase("compute_infer", now - self._first_token)
         ids = list(self._text.ids)
         self._post(GenerationResult(self._text.final_text(), ids, self.prompt_tokens, reason))
         return True
@@ -268,3 +315,66 @@ class GenerationJob:
         while not isinstance(event := await self.next_event(), GenerationResult):
             pass
         return event
+
+
+class GenerationService:
+    """Generation jobs started on their model version's scheduler: what every API that
+    generates (ours, Triton's generate body, the OpenAI-compatible one) goes through, so that
+    batching, fairness, limits, metrics and shutdown are the same for all of them.
+
+    Args:
+        schedulers: by (model name, version).
+        metrics: the generation metrics, by (model name, version).
+        max_tokens: the most new tokens a request may ask for (``--max-tokens``).
+        timeout_s: a request's time limit, queue time included (``--timeout-s``).
+    """
+
+    def __init__(
+        self,
+        schedulers: Mapping[tuple[str, int], GenerationScheduler],
+        metrics: Mapping[tuple[str, int], GenerationMetrics],
+        *,
+        max_tokens: int,
+        timeout_s: float,
+    ) -> None:
+        self._schedulers = schedulers
+        self._metrics = metrics
+        self.max_tokens = max_tokens
+        self.timeout_s = timeout_s
+
+    def stats(self, model: ServedModel) -> ModelStats:
+        return self._metrics[(model.name, model.version)].stats
+
+    @staticmethod
+    def check(model: ServedModel) -> None:
+        """BadRequestError when ``model`` cannot generate text."""
+        problem = model.generation_problem
+        if problem is not None:
+            raise BadRequestError(problem, param="model")
+
+    def start(
+        self, model: ServedModel, plans: Sequence[GenerationPlan], *, stream: bool, received: float
+    ) -> list[GenerationJob]:
+        """A job per plan, queued on the model's scheduler (on the event loop). When one cannot
+        be queued (UnavailableError: the server is stopping), those queued already are
+        cancelled."""
+        key = (model.name, model.version)
+        jobs: list[GenerationJob] = []
+        try:
+            for plan in plans:
+                job = GenerationJob(
+                    model,
+                    plan,
+                    self._metrics[key],
+                    stream=stream,
+                    received=received,
+                    timeout_s=self.timeout_s,
+                )
+                if not job.finished:
+                    self._schedulers[key].submit(job)
+                jobs.append(job)
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
+        return jobs

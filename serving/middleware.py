@@ -1,4 +1,5 @@
 """ASGI middleware around every route: metrics, a last-resort 500, and the body size limit.
+Their errors take the shape of the path's API (``serving.errors.error_body``).
 
 They are plain ASGI (not Starlette's BaseHTTPMiddleware) so that they neither buffer responses
 nor run the app in another task, which later streaming responses (SSE) need.
@@ -14,6 +15,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Match
 
+from serving.errors import error_body
 from serving.metrics import Metrics
 
 __all__ = [
@@ -35,9 +37,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CLIENT_GONE = 499  # nginx's "client closed request": the status a disconnect is counted under
 
 
-async def send_error(send: Send, status: int, message: str) -> None:
-    """Answer ``{"error": message}`` with ``status``."""
-    body = json.dumps({"error": message}).encode()
+async def send_error(send: Send, status: int, message: str, path: str = "") -> None:
+    """Answer ``message`` with ``status``, in the error shape of ``path`` (``error_body``)."""
+    body = json.dumps(error_body(path, status, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -111,7 +113,8 @@ class ErrorMiddleware:
         except Exception as e:
             log.exception("%s %s failed", scope["method"], scope["path"])
             if not started:
-                await send_error(send, 500, f"internal server error: {type(e).__name__}: {e}")
+                message = f"internal server error: {type(e).__name__}: {e}"
+                await send_error(send, 500, message, scope["path"])
 
 
 class BodyLimitMiddleware:
@@ -132,7 +135,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, f"{int(declared)} bytes")
+            await self._refuse(send, f"{int(declared)} bytes", scope["path"])
             return
         body = bytearray()
         while True:
@@ -141,7 +144,7 @@ class BodyLimitMiddleware:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
-                await self._refuse(send, f"more than {self.max_bytes} bytes")
+                await self._refuse(send, f"more than {self.max_bytes} bytes", scope["path"])
                 return
             if not message.get("more_body", False):
                 break
@@ -156,10 +159,11 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, size: str) -> None:
+    async def _refuse(self, send: Send, size: str, path: str) -> None:
         await send_error(
             send,
             413,
             f"request body too large: {size}, the limit is {self.max_bytes} bytes "
             f"({self.max_bytes / 2**20:g} MiB, --max-body-mb)",
+            path,
         )

@@ -7,13 +7,16 @@ the server. Tensor data arrives row-major, flat or nested; it leaves flat.
 ``GenerateRequest`` and ``GenerateResponse`` are the bodies of the text-generation endpoints
 (named after Triton's generate extension; the fields are ours: the prompt and
 ``GenerationConfig``'s sampling parameters, with the ``QWTHNSession.generate`` defaults).
+The same endpoints also take Triton's own body, ``TritonGenerateRequest`` (``text_input`` and
+sampling ``parameters`` as Triton's vLLM backend reads them), and answer it in Triton's shape,
+``TritonGenerateResponse``. ``ModelConfig`` is Triton's model-configuration extension.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import orjson
@@ -25,11 +28,13 @@ from pydantic import (
     PrivateAttr,
     StrictInt,
     StrictStr,
+    ValidationError,
     WithJsonSchema,
 )
+from pydantic_core import from_json
 
 from qwthn_onnx.runtime.generation import GenerationConfig
-from serving.errors import BadRequestError, ServingError
+from serving.errors import BadRequestError, ServingError, describe_validation_error
 
 __all__ = [
     "NUMPY_DTYPES",
@@ -39,6 +44,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "MetadataTensor",
+    "ModelConfig",
     "ModelMetadata",
     "ModelReady",
     "Parameters",
@@ -51,9 +57,14 @@ __all__ = [
     "ServerLive",
     "ServerMetadata",
     "ServerReady",
+    "TritonGenerateRequest",
+    "TritonGenerateResponse",
     "attach_binary_data",
+    "config_tensor",
     "decode_tensor",
     "encode_response",
+    "parse_generate_request",
+    "sampling_config",
     "wants_binary",
 ]
 
@@ -237,6 +248,7 @@ class GenerateRequest(BaseModel):
     a number is a 400, not a silently used default."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+    tokens_param: ClassVar[str] = "max_new_tokens"  # for messages about the token limit
 
     prompt: str
     max_new_tokens: int = 32
@@ -251,6 +263,10 @@ class GenerateRequest(BaseModel):
         description="strings that end the text (they are cut off)",
     )
     id: str | None = None
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return self.stop
 
     def generation_config(self) -> GenerationConfig:
         """The sampling settings this request asks for (not yet validated)."""
@@ -277,6 +293,165 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"] = Field(
         description="stop: a stop token or string; length: max_new_tokens or the context"
     )
+
+
+StopStrings = Annotated[
+    list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]], Field(max_length=MAX_STOP_STRINGS)
+]
+
+
+def sampling_config(
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int = 0,
+    seed: int | None = None,
+) -> GenerationConfig:
+    """Sampling settings as OpenAI and vLLM (and so Triton's vLLM backend) read them:
+    temperature 0 is greedy decoding, any other samples; top_k 0 or -1 is no top-k filter.
+
+    Raises BadRequestError, naming the field, for a negative temperature or seed.
+    """
+    if temperature < 0:
+        raise BadRequestError(
+            f"temperature must be >= 0 (0: greedy), got {temperature}", param="temperature"
+        )
+    if seed is not None and seed < 0:
+        raise BadRequestError(f"seed must be >= 0, got {seed}", param="seed")
+    return GenerationConfig(
+        max_new_tokens=max_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0,
+        top_k=0 if top_k == -1 else top_k,
+        top_p=top_p,
+        seed=seed,
+    )
+
+
+class TritonParameters(BaseModel):
+    """The sampling ``parameters`` of Triton's generate body, named and read as Triton's vLLM
+    backend reads them: temperature 0 is greedy (the default, 1, samples), top_k 0 or -1 is no
+    filter, ``stop`` a string or a list. ``stream`` is taken and ignored (the endpoint decides);
+    ``exclude_input_in_output`` false (the default) starts ``text_output`` with the prompt."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    max_tokens: Annotated[int, Field(ge=0)] = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: StopStrings | Annotated[str, Field(max_length=MAX_STOP_LENGTH)] = []
+    stream: bool | None = None
+    exclude_input_in_output: bool = False
+
+
+class TritonGenerateRequest(TritonParameters):
+    """Triton's generate-extension body: ``{"text_input": ..., "parameters": {...}}``; the
+    parameters may also stand at the top level (as Triton's TensorRT-LLM models take them), but
+    not both."""
+
+    tokens_param: ClassVar[str] = "max_tokens"
+
+    text_input: str
+    parameters: TritonParameters | None = None
+
+    @property
+    def sampling(self) -> TritonParameters:
+        """The sampling parameters, wherever the request put them."""
+        if self.parameters is None:
+            return self
+        top = self.model_fields_set - {"text_input", "parameters"}
+        if top:
+            raise BadRequestError(
+                f"give the sampling parameters in 'parameters' or at the top level, not both "
+                f"(top level: {', '.join(sorted(top))})",
+                param=sorted(top)[0],
+            )
+        return self.parameters
+
+    @property
+    def prompt(self) -> str:
+        return self.text_input
+
+    @property
+    def stop_strings(self) -> list[str]:
+        stop = self.sampling.stop
+        return [stop] if isinstance(stop, str) else stop
+
+    def generation_config(self) -> GenerationConfig:
+        """The sampling settings this request asks for (not yet validated)."""
+        p = self.sampling
+        return sampling_config(
+            max_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            seed=p.seed,
+        )
+
+
+class TritonGenerateResponse(BaseModel):
+    """Triton's generate answer (and each generate_stream event, with the new text)."""
+
+    model_name: str
+    model_version: str
+    text_output: str
+
+
+def parse_generate_request(body: bytes) -> GenerateRequest | TritonGenerateRequest:
+    """Our generate body, or Triton's when it has ``text_input``; BadRequestError naming the
+    problem."""
+    try:
+        data = from_json(body)
+    except ValueError as e:
+        raise BadRequestError(f"request body is not valid JSON: {e}") from e
+    triton = isinstance(data, dict) and "text_input" in data
+    kind = TritonGenerateRequest if triton else GenerateRequest
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as e:
+        message, param = describe_validation_error(e, "generate request")
+        raise BadRequestError(message, param=param) from e
+
+
+class ModelTensorConfig(BaseModel):
+    """An input or output of Triton's ModelConfig (``dims`` without the batch dimension when
+    ``max_batch_size`` > 0; -1: variable)."""
+
+    name: str
+    data_type: str
+    format: str = "FORMAT_NONE"
+    dims: list[int]
+    optional: bool = False
+
+
+class ModelConfig(BaseModel):
+    """Triton's model configuration (``GET .../config``), the JSON form of ``config.pbtxt``."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[ModelTensorConfig]
+    output: list[ModelTensorConfig]
+    dynamic_batching: dict[str, Any] | None = None
+    instance_group: list[dict[str, Any]]
+    default_model_filename: str
+    parameters: dict[str, dict[str, str]]
+
+
+def config_tensor(
+    name: str, datatype: str, shape: list[int], batched: bool, optional: bool = False
+) -> ModelTensorConfig:
+    """A tensor of Triton's ModelConfig from its protocol datatype and shape (-1: variable):
+    ``TYPE_<datatype>`` (``TYPE_STRING`` for BYTES), the batch dimension left out when
+    ``batched``."""
+    data_type = "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+    dims = shape[1:] if batched else shape
+    return ModelTensorConfig(name=name, data_type=data_type, dims=dims, optional=optional)
 
 
 def attach_binary_data(request: InferenceRequest, payload: bytes) -> None:
