@@ -75,7 +75,7 @@ from system_info import machine_info
 
 import qwthn_onnx
 from qwthn_onnx import native
-from qwthn_onnx.circuit import GATES, Circuit, expectation_values, paper_circuit
+from qwthn_onnx.circuit import GATES, Circuit, expectation_values, gate_matrix, paper_circuit
 from qwthn_onnx.ops.models import quantum_layer_model
 from qwthn_onnx.ops.torch_ops import circuit_arguments, quantum_layer
 
@@ -189,7 +189,7 @@ def gate_by_gate(circuit: Circuit, x: torch.Tensor, w: torch.Tensor) -> torch.Te
     state[:, 0] = 1
     for g in circuit.gates:
         vals = [x[:, p.value] if p.kind == "input" else w[p.value].expand(b) for p in g.params]
-        m = GATES[g.name].matrix(torch.stack(vals, -1))
+        m = gate_matrix(GATES[g.name], torch.stack(vals, -1))
         if len(g.wires) == 1:
             q = g.wires[0]
             st = state.view(b, 2 ** (n - 1 - q), 2, 2**q)

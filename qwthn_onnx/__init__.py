@@ -6,32 +6,56 @@ IR and simulator, MPO layer, adapters for transformers models, training and ``mo
 the onnxruntime side (custom-op library, session options).
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("qwthn-onnx")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from qwthn_onnx.adapter import (
-    AdapterError,
-    ConfigError,
-    QWTHNConfig,
-    QWTHNModel,
-    load_adapter,
-)
-from qwthn_onnx.checkpoint import LoadedModel, ModelFileError, load_model_pt, save_model_pt
-from qwthn_onnx.data import (
-    DataError,
-    Example,
-    Message,
-    chat_prompt_ids,
-    load_examples,
-    split_examples,
-    tokenize_examples,
-)
-from qwthn_onnx.runtime import get_library_path, session_options
-from qwthn_onnx.training import TrainingArguments, TrainingError, TrainingResult, evaluate, train
+# Public names -> the module that defines them. Imported on first use (PEP 562), so that the
+# deploy layer (qwthn_onnx.runtime, serving) never pays for torch, transformers or qiskit.
+_LAZY = {
+    "AdapterError": "qwthn_onnx.adapter",
+    "ConfigError": "qwthn_onnx.adapter",
+    "QWTHNConfig": "qwthn_onnx.adapter",
+    "QWTHNModel": "qwthn_onnx.adapter",
+    "load_adapter": "qwthn_onnx.adapter",
+    "LoadedModel": "qwthn_onnx.checkpoint",
+    "ModelFileError": "qwthn_onnx.checkpoint",
+    "load_model_pt": "qwthn_onnx.checkpoint",
+    "save_model_pt": "qwthn_onnx.checkpoint",
+    "DataError": "qwthn_onnx.data",
+    "Example": "qwthn_onnx.data",
+    "load_examples": "qwthn_onnx.data",
+    "split_examples": "qwthn_onnx.data",
+    "tokenize_examples": "qwthn_onnx.data",
+    "Message": "qwthn_onnx.chat",
+    "chat_prompt_ids": "qwthn_onnx.chat",
+    "get_library_path": "qwthn_onnx.runtime",
+    "session_options": "qwthn_onnx.runtime",
+    "TrainingArguments": "qwthn_onnx.training",
+    "TrainingError": "qwthn_onnx.training",
+    "TrainingResult": "qwthn_onnx.training",
+    "evaluate": "qwthn_onnx.training",
+    "train": "qwthn_onnx.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "AdapterError",

@@ -21,9 +21,22 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import torch
+
+from qwthn_onnx.chat import (
+    CHAT_TEMPLATE_MODES,
+    ROLE_ALIASES,
+    ChatTemplateMode,
+    DataError,
+    Message,
+    chat_prompt_ids,
+    plain_rows,
+    render_conversation,
+    specials,
+    use_template,
+)
 
 __all__ = [
     "CHAT_TEMPLATE_MODES",
@@ -38,49 +51,10 @@ __all__ = [
     "tokenize_examples",
 ]
 
-ChatTemplateMode = Literal["auto", "on", "off"]
-CHAT_TEMPLATE_MODES: tuple[str, ...] = ("auto", "on", "off")
-
-# Role names found in the wild (OpenAI, ShareGPT, Gemini, ...) -> the role a chat template knows.
-ROLE_ALIASES: dict[str, str] = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "chatgpt": "assistant",
-    "bot": "assistant",
-    "model": "assistant",
-    "tool": "tool",
-}
-# Plain rendering (no chat template): "User: hi\nAssistant: hello<eos>".
-_PLAIN_TITLES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 _FORMATS = (
     '"text" key, "prompt" and "completion" keys, "instruction" and "output" (alpaca), '
     '"messages" (OpenAI chat) or "conversations" (ShareGPT)'
 )
-
-
-class DataError(ValueError):
-    """A dataset that is missing, empty or malformed; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class Message:
-    """One conversation turn; ``trained`` marks an assistant turn the loss is computed on."""
-
-    role: str
-    content: str
-    trained: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.content, str):
-            raise DataError(f"message content must be a string, got {type(self.content).__name__}")
-        if self.role not in _PLAIN_TITLES:
-            raise DataError(f"unknown role {self.role!r}; use one of {sorted(_PLAIN_TITLES)}")
-        if self.trained and self.role != "assistant":
-            raise DataError(f"only assistant turns can be trained, not a {self.role} turn")
 
 
 @dataclass(frozen=True)
@@ -366,12 +340,12 @@ def tokenize_examples(
     turns through their end-of-turn marker. Rows longer than ``max_length`` lose their end;
     rows left with nothing trained are dropped, with a warning that counts them.
     """
-    use_template = _use_template(tokenizer, chat_template)
+    templated = use_template(tokenizer, chat_template)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise DataError(f"max_length must be a positive integer, got {max_length!r}")
     if not examples:
         raise DataError("no examples to tokenize")
-    special = _specials(tokenizer)
+    special = specials(tokenizer)
     rows, truncated, dropped = [], 0, 0
     for i, ex in enumerate(examples):
         if not ex.messages:
@@ -381,10 +355,10 @@ def tokenize_examples(
         else:
             last = max(j for j, m in enumerate(ex.messages) if m.trained)
             turns = ex.messages[: last + 1]  # later turns carry no loss
-            if use_template:
+            if templated:
                 ids, labels = _template_rows(turns, tokenizer, ex.source or f"example {i}")
             else:
-                ids, labels = _plain_rows(turns, tokenizer, special)
+                ids, labels = plain_rows(turns, tokenizer, special)
         truncated += len(ids) > max_length
         ids, labels = ids[:max_length], labels[:max_length]
         if all(label == -100 for label in labels):
@@ -411,95 +385,6 @@ def tokenize_examples(
     return TokenizedData(input_ids, attention, label_tensor)
 
 
-def chat_prompt_ids(
-    messages: Sequence[Message], tokenizer: Any, chat_template: ChatTemplateMode = "auto"
-) -> list[int]:
-    """Token ids that prompt the next assistant turn, laid out exactly as training laid it out.
-
-    Use it to query a model fine-tuned on conversations: generate from these ids until eos
-    (or the template's end-of-turn token).
-    """
-    if _use_template(tokenizer, chat_template):
-        text = _render(tokenizer, messages, "the prompt", generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
-    return _plain_rows(messages, tokenizer, _specials(tokenizer), generation_prompt=True)[0]
-
-
-class _Specials(NamedTuple):
-    """The tokenizer's bos/eos (as 0- or 1-element lists) and padding id."""
-
-    bos: list[int]
-    eos: list[int]
-    pad: int
-
-
-def _specials(tokenizer: Any) -> _Specials:
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
-    return _Specials(bos, eos, pad)
-
-
-def _use_template(tokenizer: Any, mode: Any) -> bool:
-    if not isinstance(mode, str) or mode not in CHAT_TEMPLATE_MODES:
-        raise DataError(f"chat_template must be one of {list(CHAT_TEMPLATE_MODES)}, got {mode!r}")
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if mode == "on" and not has_template:
-        raise DataError(
-            "chat_template='on' but the tokenizer has no chat template; set "
-            "tokenizer.chat_template, or use 'auto'/'off' for the plain 'Role: content' layout"
-        )
-    return has_template and mode != "off"
-
-
-def _plain_rows(
-    turns: Sequence[Message],
-    tokenizer: Any,
-    special: _Specials,
-    generation_prompt: bool = False,
-) -> tuple[list[int], list[int]]:
-    """``[bos]System: ..\\nUser: ..\\nAssistant: <content><eos>User: ..``; loss on content+eos.
-
-    Text between assistant contents is tokenised as one string, the way a user would tokenise
-    a prompt; without an eos token, an assistant turn ends with a (trained) newline.
-    """
-    end = special.eos or tokenizer.encode("\n", add_special_tokens=False)
-    ids, labels = list(special.bos), [-100] * len(special.bos)
-    context = ""
-    for turn in turns:
-        if turn.role != "assistant":
-            context += f"{_PLAIN_TITLES[turn.role]}: {turn.content}\n"
-            continue
-        head = tokenizer.encode(context + "Assistant: ", add_special_tokens=False)
-        body = tokenizer.encode(turn.content, add_special_tokens=False) + end
-        ids += head + body
-        labels += [-100] * len(head) + (body if turn.trained else [-100] * len(body))
-        context = ""
-    if generation_prompt:
-        context += "Assistant: "
-    if context:
-        tail = tokenizer.encode(context, add_special_tokens=False)
-        ids += tail
-        labels += [-100] * len(tail)
-    return ids, labels
-
-
-def _render(tokenizer: Any, turns: Sequence[Message], where: str, generation_prompt: bool) -> str:
-    from jinja2 import TemplateError
-
-    conversation = [{"role": t.role, "content": t.content} for t in turns]
-    try:
-        return tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=generation_prompt
-        )
-    except (TemplateError, ValueError, TypeError, KeyError, IndexError) as e:
-        raise DataError(
-            f"{where}: the tokenizer's chat template failed on this conversation ({e}); fix "
-            "the turns (some templates need alternating user/assistant turns), or pass "
-            "chat_template='off' for the plain layout"
-        ) from e
-
-
 def _template_rows(
     turns: Sequence[Message], tokenizer: Any, where: str
 ) -> tuple[list[int], list[int]]:
@@ -513,8 +398,8 @@ def _template_rows(
     texts = []
     for i, turn in enumerate(turns):
         if turn.trained:
-            start = _render(tokenizer, turns[:i], where, generation_prompt=True)
-            stop = _render(tokenizer, turns[: i + 1], where, generation_prompt=False)
+            start = render_conversation(tokenizer, turns[:i], where, generation_prompt=True)
+            stop = render_conversation(tokenizer, turns[: i + 1], where, generation_prompt=False)
             texts += [start, stop.rstrip(), stop]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     ids = encoded[-1]

@@ -15,73 +15,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from qwthn_onnx.mpo_shapes import MPOError, bond_dims, check_modes, factorize, mpo_num_parameters
+
 __all__ = ["DENSE_LIMIT", "MPOError", "MPOLinear", "bond_dims", "factorize", "mpo_num_parameters"]
 
 # Operators up to this many dense elements (16 MiB in float32) are applied by materialising the
 # matrix from the cores: batch-independent, and one GEMM instead of K small contractions per
 # call. Adapter MPOs (d -> r, r -> d) are far below it; bigger ones contract core by core.
 DENSE_LIMIT = 1 << 22
-
-
-class MPOError(ValueError):
-    """An impossible MPO shape (modes that do not multiply to the dimension, bond < 1, ...)."""
-
-
-def factorize(dim: int, num_factors: int) -> tuple[int, ...]:
-    """Split ``dim`` into ``num_factors`` integer factors as balanced as possible.
-
-    Prime factors are dealt largest first to the currently smallest factor; the result is
-    sorted descending so the widest mode comes first. Factors of 1 appear when ``dim`` has
-    fewer prime factors than ``num_factors`` (a prime dimension stays one mode).
-    """
-    if dim < 1:
-        raise MPOError(f"cannot factorize dimension {dim}: it must be >= 1")
-    if num_factors < 1:
-        raise MPOError(f"num_factors must be >= 1, got {num_factors}")
-    primes: list[int] = []
-    rest, p = dim, 2
-    while p * p <= rest:
-        while rest % p == 0:
-            primes.append(p)
-            rest //= p
-        p += 1
-    if rest > 1:
-        primes.append(rest)
-    factors = [1] * num_factors
-    for prime in sorted(primes, reverse=True):
-        smallest = min(range(num_factors), key=lambda k: factors[k])
-        factors[smallest] *= prime
-    return tuple(sorted(factors, reverse=True))
-
-
-def bond_dims(in_modes: Sequence[int], out_modes: Sequence[int], bond_dim: int) -> tuple[int, ...]:
-    """Bond dimensions ``(D_0=1, D_1, ..., D_K=1)``, each capped by the rank its cut can carry."""
-    sizes = [i * j for i, j in zip(in_modes, out_modes, strict=True)]
-    dims = [1]
-    for k in range(1, len(sizes)):
-        left, right = math.prod(sizes[:k]), math.prod(sizes[k:])
-        dims.append(min(bond_dim, left, right))
-    dims.append(1)
-    return tuple(dims)
-
-
-def mpo_num_parameters(in_modes: Sequence[int], out_modes: Sequence[int], bond_dim: int) -> int:
-    """Exact parameter count: ``sum_k D_{k-1} * i_k * j_k * D_k`` with capped bonds."""
-    d = bond_dims(in_modes, out_modes, bond_dim)
-    pairs = enumerate(zip(in_modes, out_modes, strict=True))
-    return sum(d[k] * i * j * d[k + 1] for k, (i, j) in pairs)
-
-
-def _check_modes(name: str, modes: Sequence[int], dim: int) -> tuple[int, ...]:
-    modes = tuple(int(m) for m in modes)
-    if any(m < 1 for m in modes):
-        raise MPOError(f"{name} {list(modes)} has a mode < 1; every mode must be a positive int")
-    if math.prod(modes) != dim:
-        raise MPOError(
-            f"{name} {list(modes)} multiply to {math.prod(modes)}, not {dim}; give modes whose "
-            f"product is {dim} (e.g. {list(factorize(dim, len(modes)))})"
-        )
-    return modes
 
 
 class MPOLinear(nn.Module):
@@ -116,10 +57,10 @@ class MPOLinear(nn.Module):
                 f"in_modes {list(in_modes)} and out_modes {list(out_modes)} need the same length"
             )
         k = len(in_modes) if in_modes is not None else len(out_modes) if out_modes else num_cores
-        self.in_modes = _check_modes(
+        self.in_modes = check_modes(
             "in_modes", in_modes if in_modes is not None else factorize(in_features, k), in_features
         )
-        self.out_modes = _check_modes(
+        self.out_modes = check_modes(
             "out_modes",
             out_modes if out_modes is not None else factorize(out_features, k),
             out_features,

@@ -27,7 +27,7 @@ import numpy as np
 
 from .circuit.encoding import EncodedCircuit
 from .circuit.ir import CircuitError, max_qubits_limit
-from .mpo import MPOError
+from .mpo_shapes import MPOError
 
 __all__ = [
     "available",

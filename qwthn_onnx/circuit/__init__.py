@@ -1,8 +1,15 @@
-"""Quantum-circuit IR, presets and a batched differentiable statevector simulator."""
+"""Quantum-circuit IR, presets and a batched differentiable statevector simulator.
+
+The IR and presets are plain Python and numpy; the simulator (PyTorch) is imported on first
+use, so deploy-side readers of circuits (the op schemas, the server) never load torch.
+"""
+
+from typing import Any
 
 from .ir import GATES, Circuit, CircuitError, Gate, Param
 from .presets import ANSATZE, build_ansatz, hardware_efficient_circuit, paper_circuit
-from .simulator import expectation_values, statevector
+
+_SIMULATOR = ("expectation_values", "gate_matrix", "statevector")
 
 __all__ = [
     "ANSATZE",
@@ -13,7 +20,16 @@ __all__ = [
     "Param",
     "build_ansatz",
     "expectation_values",
+    "gate_matrix",
     "hardware_efficient_circuit",
     "paper_circuit",
     "statevector",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SIMULATOR:
+        from . import simulator
+
+        return getattr(simulator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

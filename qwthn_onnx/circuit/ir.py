@@ -17,13 +17,11 @@ import math
 import numbers
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
 __all__ = [
     "DEFAULT_MAX_QUBITS",
@@ -51,102 +49,23 @@ class CircuitError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Gate matrices. Each takes real params [..., n_params] (float32/float64) and returns the
-# complex matrix [..., 2^k, 2^k] with the matching complex dtype, differentiable by autograd.
+# The gate table. Every gate has at most one angle t and its matrix is
+# M(t) = constant + cos(f t) * cos_part + sin(f t) * sin_part, plain numpy data: the PyTorch
+# simulator, the ONNX fallback and the checks build their matrices from it without a framework.
 # --------------------------------------------------------------------------------------------
-
-
-def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
-
-
-def _grid(re: list[Tensor], im: list[Tensor], dim: int) -> Tensor:
-    """Assemble a dim x dim complex matrix from row-major lists of real entries."""
-    real = torch.stack(re, -1).unflatten(-1, (dim, dim))
-    imag = torch.stack(im, -1).unflatten(-1, (dim, dim))
-    return torch.complex(real, imag)
-
-
-def _half_angle(params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    half = params[..., 0] / 2
-    cos, sin = torch.cos(half), torch.sin(half)
-    return cos, sin, torch.zeros_like(cos)
-
-
-def _constant(rows: list[list[complex]]) -> Callable[[Tensor], Tensor]:
-    def matrix(params: Tensor) -> Tensor:
-        mat = torch.tensor(rows, dtype=_complex_dtype(params.dtype), device=params.device)
-        return mat.expand(*params.shape[:-1], *mat.shape)
-
-    return matrix
-
-
-def _controlled(u: Tensor) -> Tensor:
-    """Block-diag(I, u): u acts on the target when the control (the high local bit) is 1."""
-    eye = torch.zeros(*u.shape[:-2], 2, 4, dtype=u.dtype, device=u.device)
-    eye[..., 0, 0] = 1
-    eye[..., 1, 1] = 1
-    lower = torch.cat([torch.zeros_like(u), u], -1)
-    return torch.cat([eye, lower], -2)
-
-
-def _rx(params: Tensor) -> Tensor:
-    c, s, z = _half_angle(params)
-    return _grid([c, z, z, c], [z, -s, -s, z], 2)
-
-
-def _ry(params: Tensor) -> Tensor:
-    c, s, z = _half_angle(params)
-    return _grid([c, -s, s, c], [z, z, z, z], 2)
-
-
-def _rz(params: Tensor) -> Tensor:
-    c, s, z = _half_angle(params)
-    return _grid([c, z, z, c], [-s, z, z, s], 2)
-
-
-def _phase(params: Tensor) -> Tensor:
-    lam = params[..., 0]
-    one, z = torch.ones_like(lam), torch.zeros_like(lam)
-    return _grid([one, z, z, torch.cos(lam)], [z, z, z, torch.sin(lam)], 2)
-
-
-def _cp(params: Tensor) -> Tensor:
-    lam = params[..., 0]
-    one, z = torch.ones_like(lam), torch.zeros_like(lam)
-    re = [one, z, z, z, z, one, z, z, z, z, one, z, z, z, z, torch.cos(lam)]
-    im = [z] * 15 + [torch.sin(lam)]
-    return _grid(re, im, 4)
-
-
-def _rzz(params: Tensor) -> Tensor:
-    c, s, z = _half_angle(params)
-    re = [c, z, z, z, z, c, z, z, z, z, c, z, z, z, z, c]
-    im = [-s, z, z, z, z, s, z, z, z, z, s, z, z, z, z, -s]
-    return _grid(re, im, 4)
-
-
-def _rxx(params: Tensor) -> Tensor:
-    c, s, z = _half_angle(params)
-    re = [c, z, z, z, z, c, z, z, z, z, c, z, z, z, z, c]
-    im = [z, z, z, -s, z, z, -s, z, z, -s, z, z, -s, z, z, z]
-    return _grid(re, im, 4)
-
-
-def _ryy(params: Tensor) -> Tensor:
-    c, s, z = _half_angle(params)
-    re = [c, z, z, z, z, c, z, z, z, z, c, z, z, z, z, c]
-    im = [z, z, z, s, z, z, -s, z, z, -s, z, z, s, z, z, z]
-    return _grid(re, im, 4)
-
 
 _SQRT_HALF = 1 / math.sqrt(2)
 _T_PHASE = complex(_SQRT_HALF, _SQRT_HALF)
+_I2 = np.eye(2)
+_X = np.array([[0, 1], [1, 0]])
+_Y = np.array([[0, -1j], [1j, 0]])
+_Z = np.diag([1, -1])
+_P0, _P1 = np.diag([1, 0]), np.diag([0, 1])  # |0><0|, |1><1|
 
 
 @dataclass(frozen=True)
 class GateSpec:
-    """One row of the gate table: shape, matrix builder and the structure the simulator fuses.
+    """One row of the gate table: shape, matrix data and the structure the simulator fuses.
 
     ``diagonal`` gates merge into one phase vector; ``permutation`` gates (0/1 permutation
     matrices, never parameterised) merge into one index gather; ``real`` gates (real matrix for
@@ -156,64 +75,82 @@ class GateSpec:
     name: str
     n_qubits: int
     n_params: int
-    matrix: Callable[[Tensor], Tensor]
+    frequency: float  # f in M(t) = constant + cos(f t) cos_part + sin(f t) sin_part
+    constant: np.ndarray
+    cos_part: np.ndarray
+    sin_part: np.ndarray
     diagonal: bool = False
     permutation: bool = False
     real: bool = False
 
+    def matrix(self, angle: float = 0.0) -> np.ndarray:
+        """The gate's complex128 matrix at ``angle`` (ignored by fixed gates)."""
+        f = self.frequency * angle
+        return self.constant + math.cos(f) * self.cos_part + math.sin(f) * self.sin_part
 
-def _spec(name: str, n_qubits: int, n_params: int, matrix: Callable[[Tensor], Tensor], **kw: bool):
-    return name, GateSpec(name, n_qubits, n_params, matrix, **kw)
+
+def _frozen(m: Any) -> np.ndarray:
+    array = np.array(m, dtype=np.complex128)
+    array.setflags(write=False)
+    return array
+
+
+def _fixed(name: str, matrix: Any, **kw: bool) -> tuple[str, GateSpec]:
+    m = _frozen(matrix)
+    zero = _frozen(np.zeros_like(m))
+    return name, GateSpec(name, int(np.log2(len(m))), 0, 0.0, m, zero, zero, **kw)
+
+
+def _rotation(name: str, generator: Any, controlled: bool = False, **kw: bool):
+    """``exp(-i t/2 G)`` for an involutory G (= cos(t/2) I - i sin(t/2) G), optionally
+    controlled by the high local bit."""
+    g = np.asarray(generator, dtype=np.complex128)
+    eye = np.eye(len(g))
+    if controlled:
+        parts = (np.kron(_P0, eye), np.kron(_P1, eye), np.kron(_P1, -1j * g))
+    else:
+        parts = (np.zeros_like(g), eye, -1j * g)
+    k = int(np.log2(len(parts[0])))
+    return name, GateSpec(name, k, 1, 0.5, *(_frozen(p) for p in parts), **kw)
+
+
+def _phase(name: str, projector: Any, **kw: bool) -> tuple[str, GateSpec]:
+    """``I - Q + e^{i t} Q`` for a diagonal projector Q (p, cp)."""
+    q = np.asarray(projector, dtype=np.complex128)
+    parts = (np.eye(len(q)) - q, q, 1j * q)
+    return name, GateSpec(name, int(np.log2(len(q))), 1, 1.0, *(_frozen(p) for p in parts), **kw)
 
 
 GATES: dict[str, GateSpec] = dict(
     [
-        _spec("rx", 1, 1, _rx),
-        _spec("ry", 1, 1, _ry, real=True),
-        _spec("rz", 1, 1, _rz, diagonal=True),
-        _spec("p", 1, 1, _phase, diagonal=True),
-        _spec(
-            "h", 1, 0, _constant([[_SQRT_HALF, _SQRT_HALF], [_SQRT_HALF, -_SQRT_HALF]]), real=True
-        ),
-        _spec("x", 1, 0, _constant([[0, 1], [1, 0]]), permutation=True, real=True),
-        _spec("y", 1, 0, _constant([[0, -1j], [1j, 0]])),
-        _spec("z", 1, 0, _constant([[1, 0], [0, -1]]), diagonal=True, real=True),
-        _spec("s", 1, 0, _constant([[1, 0], [0, 1j]]), diagonal=True),
-        _spec("sdg", 1, 0, _constant([[1, 0], [0, -1j]]), diagonal=True),
-        _spec("t", 1, 0, _constant([[1, 0], [0, _T_PHASE]]), diagonal=True),
-        _spec("tdg", 1, 0, _constant([[1, 0], [0, _T_PHASE.conjugate()]]), diagonal=True),
-        _spec(
-            "cx",
-            2,
-            0,
-            _constant([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]),
-            permutation=True,
-            real=True,
-        ),
-        _spec("cy", 2, 0, _constant([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, -1j], [0, 0, 1j, 0]])),
-        _spec(
-            "cz",
-            2,
-            0,
-            _constant([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, -1]]),
-            diagonal=True,
-            real=True,
-        ),
-        _spec(
+        _rotation("rx", _X),
+        _rotation("ry", _Y, real=True),
+        _rotation("rz", _Z, diagonal=True),
+        _phase("p", _P1, diagonal=True),
+        _fixed("h", [[_SQRT_HALF, _SQRT_HALF], [_SQRT_HALF, -_SQRT_HALF]], real=True),
+        _fixed("x", _X, permutation=True, real=True),
+        _fixed("y", _Y),
+        _fixed("z", _Z, diagonal=True, real=True),
+        _fixed("s", [[1, 0], [0, 1j]], diagonal=True),
+        _fixed("sdg", [[1, 0], [0, -1j]], diagonal=True),
+        _fixed("t", [[1, 0], [0, _T_PHASE]], diagonal=True),
+        _fixed("tdg", [[1, 0], [0, _T_PHASE.conjugate()]], diagonal=True),
+        _fixed("cx", np.kron(_P0, _I2) + np.kron(_P1, _X), permutation=True, real=True),
+        _fixed("cy", np.kron(_P0, _I2) + np.kron(_P1, _Y)),
+        _fixed("cz", np.kron(_P0, _I2) + np.kron(_P1, _Z), diagonal=True, real=True),
+        _fixed(
             "swap",
-            2,
-            0,
-            _constant([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]),
+            [[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]],
             permutation=True,
             real=True,
         ),
-        _spec("crx", 2, 1, lambda p: _controlled(_rx(p))),
-        _spec("cry", 2, 1, lambda p: _controlled(_ry(p)), real=True),
-        _spec("crz", 2, 1, lambda p: _controlled(_rz(p)), diagonal=True),
-        _spec("cp", 2, 1, _cp, diagonal=True),
-        _spec("rzz", 2, 1, _rzz, diagonal=True),
-        _spec("rxx", 2, 1, _rxx),
-        _spec("ryy", 2, 1, _ryy),
+        _rotation("crx", _X, controlled=True),
+        _rotation("cry", _Y, controlled=True, real=True),
+        _rotation("crz", _Z, controlled=True, diagonal=True),
+        _phase("cp", np.kron(_P1, _P1), diagonal=True),
+        _rotation("rzz", np.kron(_Z, _Z), diagonal=True),
+        _rotation("rxx", np.kron(_X, _X)),
+        _rotation("ryy", np.kron(_Y, _Y)),
     ]
 )
 

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .ir import GATES, Circuit, CircuitError
+from .ir import GATES, Circuit, CircuitError, GateSpec
 
-__all__ = ["GROUP_SIZE", "expectation_values", "statevector"]
+__all__ = ["GROUP_SIZE", "expectation_values", "gate_matrix", "statevector"]
 
 # Qubits per fused single-qubit matmul (a run of pending qubits is cut into near-equal groups of
 # at most this many). Measured on paper_circuit(10, 10), batch 1024, float32, one thread:
@@ -54,6 +54,24 @@ CHUNK_BYTES = 1 << 20
 # --------------------------------------------------------------------------------------------
 # Compiled plan
 # --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _gate_parts(name: str, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+    spec = GATES[name]
+    parts = (spec.constant, spec.cos_part, spec.sin_part)
+    return tuple(torch.tensor(p, dtype=dtype, device=device) for p in parts)
+
+
+def gate_matrix(spec: GateSpec, params: Tensor) -> Tensor:
+    """The gate's complex matrices ``[..., 2^k, 2^k]`` for real ``params [..., n_params]``
+    (complex128 from float64, else complex64), differentiable in ``params``."""
+    dtype = torch.complex128 if params.dtype == torch.float64 else torch.complex64
+    constant, cos_part, sin_part = _gate_parts(spec.name, dtype, params.device)
+    if spec.n_params == 0:
+        return constant.expand(*params.shape[:-1], *constant.shape)
+    angle = (spec.frequency * params[..., 0])[..., None, None]
+    return constant + torch.cos(angle) * cos_part + torch.sin(angle) * sin_part
 
 
 @dataclass(frozen=True)
@@ -581,7 +599,7 @@ def _compile(circuit: Circuit, group_size: int) -> _Plan:
             source = np.arange(2**n)
             for g in block.gates:
                 gate = circuit.gates[g]
-                matrix = GATES[gate.name].matrix(torch.zeros(0, dtype=torch.float64)).numpy()
+                matrix = GATES[gate.name].matrix()
                 source = source[_permutation_source(n, gate.wires, matrix)]
             ops.append(_PermOp(torch.from_numpy(source), torch.from_numpy(np.argsort(source))))
         else:
@@ -624,7 +642,8 @@ def _build_tables(plan: _Plan, inputs: Tensor, weights: Tensor) -> _Tables:
     def build(gates: dict[str, Tensor], pool: Tensor, dim: int) -> dict[int, Tensor]:
         parts: dict[int, list[Tensor]] = {}
         for name, index in gates.items():  # dict order is the table order
-            parts.setdefault(GATES[name].n_qubits, []).append(GATES[name].matrix(pool[..., index]))
+            spec = GATES[name]
+            parts.setdefault(spec.n_qubits, []).append(gate_matrix(spec, pool[..., index]))
         return {k: v[0] if len(v) == 1 else torch.cat(v, dim) for k, v in parts.items()}
 
     static_pool = torch.cat([weights, plan.consts])

@@ -43,13 +43,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper, numpy_helper
 
 from qwthn_onnx.circuit import GATES, Circuit, Gate, Param
@@ -78,8 +76,7 @@ class _Trig:
 
 
 def _matrix(name: str, angle: float) -> np.ndarray:
-    params = torch.tensor([angle] * GATES[name].n_params, dtype=torch.float64)
-    return GATES[name].matrix(params).numpy()
+    return GATES[name].matrix(angle)
 
 
 def _frozen(*arrays: np.ndarray) -> None:
@@ -94,25 +91,12 @@ def _snapped(m: np.ndarray) -> np.ndarray:
     )
 
 
-@functools.cache
 def _trig(name: str) -> _Trig:
-    """Per gate type, computed once (a circuit repeats a handful of gate types many times)."""
+    """The gate table's ``C + A cos(f t) + B sin(f t)`` form of one gate type."""
     spec = GATES[name]
-    if spec.n_params == 0:
-        m = _matrix(name, 0.0)
-        zeros = np.zeros_like(m)
-        _frozen(m, zeros)
-        return _Trig(1.0, zeros, zeros, m)
-    probe = 0.7312
-    for f in FREQUENCIES:
-        m0, m_pi, m_half = (_matrix(name, x / f) for x in (0.0, math.pi, math.pi / 2))
-        a, c = (m0 - m_pi) / 2, (m0 + m_pi) / 2
-        b = m_half - c
-        if np.allclose(c + a * math.cos(f * probe) + b * math.sin(f * probe), _matrix(name, probe)):
-            a, b, c = (_snapped(m) for m in (a, b, c))
-            _frozen(a, b, c)
-            return _Trig(f, a, b, c)
-    raise NotImplementedError(f"gate {name!r} is not of the form C + A cos(ft) + B sin(ft)")
+    if spec.n_params and spec.frequency not in FREQUENCIES:
+        raise NotImplementedError(f"gate {name!r} has frequency {spec.frequency}")
+    return _Trig(spec.frequency or 1.0, spec.cos_part, spec.sin_part, spec.constant)
 
 
 @functools.cache

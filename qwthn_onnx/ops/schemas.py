@@ -25,7 +25,7 @@ from onnx.defs import OpSchema
 
 from qwthn_onnx.circuit import Circuit, CircuitError
 from qwthn_onnx.circuit.encoding import decode, encode
-from qwthn_onnx.mpo import MPOError
+from qwthn_onnx.mpo_shapes import MPOError
 
 __all__ = [
     "DOMAIN",

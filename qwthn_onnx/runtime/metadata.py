@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
+if TYPE_CHECKING:  # onnx is needed only to write or read a ModelProto, not by sessions
+    import onnx
 
 __all__ = [
     "METADATA_FORMAT",

@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from qwthn_onnx._io import tokenizer_from_files
-from qwthn_onnx.ops.fallback import check_fallbacks
 from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError, generate_tokens
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
 from qwthn_onnx.runtime.signature import past_names
+from qwthn_onnx.runtime.tokenizer import Tokenizer
 
 __all__ = ["FallbackWarning", "Generation", "QWTHNSession"]
 
@@ -36,7 +34,12 @@ class FallbackWarning(RuntimeWarning):
 
 def _check_fallbacks(path: Path) -> None:
     """Without the kernels onnxruntime runs each node's fallback body, chosen by name: check
-    that the bodies are the ones the nodes' attributes give (weights are not needed for it)."""
+    that the bodies are the ones the nodes' attributes give (weights are not needed for it).
+    Only this path parses the file with onnx: with the kernels, onnxruntime alone reads it."""
+    import onnx
+
+    from qwthn_onnx.ops.fallback import check_fallbacks
+
     proto = onnx.load(str(path), load_external_data=False)
     if proto.functions:  # none: exported with --no-fallback, which onnxruntime will name
         check_fallbacks(proto, where=str(path))
@@ -98,7 +101,7 @@ class QWTHNSession:
         cache_input = next(i for i in self.session.get_inputs() if i.name == past_names(0)[0])
         self.cache_dtype = np.float16 if cache_input.type == "tensor(float16)" else np.float32
         self.config: dict[str, Any] = json.loads(self.metadata.base_model["config_json"])
-        self._tokenizer: Any | None = None
+        self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,14 +109,14 @@ class QWTHNSession:
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         """The tokenizer stored in the model's metadata (loaded once)."""
         with self._lock:
             if self._tokenizer is None:
                 files = self.metadata.tokenizer_files()
                 if files is None:
                     raise MetadataError(f"{self.path} carries no tokenizer; pass token ids")
-                self._tokenizer = tokenizer_from_files(files)
+                self._tokenizer = Tokenizer(files)
             return self._tokenizer
 
     @property

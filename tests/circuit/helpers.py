@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from functools import reduce
 
 import numpy as np
-import torch
 
 from qwthn_onnx.circuit import GATES, Circuit, Gate, Param
 
@@ -69,9 +68,9 @@ def reference_state(
     psi = np.zeros([2] * n, dtype=np.complex128)
     psi[(0,) * n] = 1  # axis j holds qubit n-1-j, so a C-order flatten is little-endian
     for gate in circuit.gates:
-        values = torch.tensor(param_values(circuit, gate, inputs, weights), dtype=torch.float64)
+        values = param_values(circuit, gate, inputs, weights)
         k = len(gate.wires)
-        matrix = GATES[gate.name].matrix(values).numpy().reshape([2] * (2 * k))
+        matrix = GATES[gate.name].matrix(*values).reshape([2] * (2 * k))
         axes = [n - 1 - q for q in gate.wires]
         psi = np.tensordot(matrix, psi, axes=(list(range(k, 2 * k)), axes))
         psi = np.moveaxis(psi, list(range(k)), axes)

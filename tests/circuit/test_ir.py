@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from qwthn_onnx.circuit import GATES, Circuit, CircuitError, Gate, Param, paper_circuit
+from qwthn_onnx.circuit import (
+    GATES,
+    Circuit,
+    CircuitError,
+    Gate,
+    Param,
+    gate_matrix,
+    paper_circuit,
+)
 from tests.circuit.helpers import random_circuit
 
 ALL_GATES = sorted(GATES)
@@ -37,7 +45,7 @@ def test_gate_table_lists_every_required_gate():
 def test_gate_matrices_are_unitary_batched_and_match_their_flags(name):
     spec = GATES[name]
     params = torch.rand(3, 5, spec.n_params, dtype=torch.float64) * 10 - 5
-    mats = spec.matrix(params)
+    mats = gate_matrix(spec, params)
     dim = 2**spec.n_qubits
     assert mats.shape == (3, 5, dim, dim)
     assert mats.dtype == torch.complex128
@@ -51,25 +59,29 @@ def test_gate_matrices_are_unitary_batched_and_match_their_flags(name):
         assert set(mats.real.flatten().tolist()) == {0.0, 1.0}
         assert mats.imag.abs().max() == 0
         assert torch.equal(mats.real.sum(-1), torch.ones(3, 5, dim, dtype=torch.float64))
-    assert spec.matrix(params.float()).dtype == torch.complex64
+    assert gate_matrix(spec, params.float()).dtype == torch.complex64
+    # the plain (numpy) matrix is the same data the simulator builds from
+    angle = float(params[0, 0, 0]) if spec.n_params else 0.0
+    np.testing.assert_array_equal(spec.matrix(angle), mats[0, 0].numpy())
 
 
 def test_rotation_conventions_match_the_documented_formulas():
     theta = 0.7
     c, s = math.cos(theta / 2), math.sin(theta / 2)
-    t = torch.tensor([theta], dtype=torch.float64)
     ry = torch.tensor([[c, -s], [s, c]], dtype=torch.complex128)
     rx = torch.tensor([[c, -1j * s], [-1j * s, c]], dtype=torch.complex128)
     rz = torch.diag(torch.tensor([complex(c, -s), complex(c, s)], dtype=torch.complex128))
     crz = torch.diag(torch.tensor([1, 1, complex(c, -s), complex(c, s)], dtype=torch.complex128))
     zz = torch.diag(torch.tensor([1, -1, -1, 1], dtype=torch.complex128))
     p = torch.diag(torch.tensor([1, complex(math.cos(theta), math.sin(theta))]))
-    assert torch.allclose(GATES["ry"].matrix(t), ry)
-    assert torch.allclose(GATES["rx"].matrix(t), rx)
-    assert torch.allclose(GATES["rz"].matrix(t), rz)
-    assert torch.allclose(GATES["crz"].matrix(t), crz)
-    assert torch.allclose(GATES["rzz"].matrix(t), torch.linalg.matrix_exp(-0.5j * theta * zz))
-    assert torch.allclose(GATES["p"].matrix(t), p.to(torch.complex128))
+    assert torch.allclose(torch.from_numpy(GATES["ry"].matrix(theta)), ry)
+    assert torch.allclose(torch.from_numpy(GATES["rx"].matrix(theta)), rx)
+    assert torch.allclose(torch.from_numpy(GATES["rz"].matrix(theta)), rz)
+    assert torch.allclose(torch.from_numpy(GATES["crz"].matrix(theta)), crz)
+    assert torch.allclose(
+        torch.from_numpy(GATES["rzz"].matrix(theta)), torch.linalg.matrix_exp(-0.5j * theta * zz)
+    )
+    assert torch.allclose(torch.from_numpy(GATES["p"].matrix(theta)), p.to(torch.complex128))
 
 
 def test_cnot_alias_and_case_are_normalised():
