@@ -19,6 +19,15 @@ from exporters.hardware import run_job, write_job
 from exporters.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET, ExportError
 from exporters.onnx_import import ImportError_, import_onnx
 from exporters.qasm import QasmError, qasm3_to_circuit
+from exporters.triton import (
+    KSERVE_MODEL_ROOT,
+    TRITON_MODEL_ROOT,
+    TritonEntry,
+    TritonOptions,
+    TritonRepoError,
+    check_target,
+    write_model_entry,
+)
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.adapter import AdapterError, ConfigError
@@ -45,6 +54,7 @@ USER_ERRORS = (
     ModelFileError,
     MPOError,
     QasmError,
+    TritonRepoError,
 )
 
 
@@ -54,7 +64,12 @@ def build_export_parser() -> argparse.ArgumentParser:
         description="Export a QWTHN model.pt to ONNX (ai.qwthn custom ops with standard-op "
         "fallbacks, KV cache), verify it against PyTorch in onnxruntime, and write it atomically.",
     )
-    p.add_argument("model", type=Path, help="model.pt written by qwthn-train / save_model_pt")
+    p.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        help="model.pt written by qwthn-train / save_model_pt (leave out with --from-export)",
+    )
     p.add_argument(
         "-o", "--output", type=Path, help="output directory (default: <model>_onnx beside it)"
     )
@@ -110,6 +125,52 @@ def build_export_parser() -> argparse.ArgumentParser:
         type=float,
         help="part of the bound relative to the output's largest magnitude in PyTorch "
         "(default 1e-3; float16: 2e-2)",
+    )
+    t = p.add_argument_group(
+        "Triton / KServe model repository",
+        "Also write the export as REPO/<name>/config.pbtxt + REPO/<name>/<version>/ (the export "
+        "and the op library), atomically; see docs/triton-kserve.md",
+    )
+    t.add_argument(
+        "--triton-repo", type=Path, metavar="REPO", help="model repository to write the model into"
+    )
+    t.add_argument(
+        "--from-export",
+        type=Path,
+        metavar="DIR",
+        help="put this existing qwthn-export output into --triton-repo instead of exporting",
+    )
+    t.add_argument(
+        "--triton-model-name", metavar="NAME", help="(default: the export directory's name)"
+    )
+    t.add_argument(
+        "--triton-model-version", type=int, metavar="N", help="version directory (default 1)"
+    )
+    t.add_argument(
+        "--triton-max-batch-size",
+        type=int,
+        metavar="N",
+        help="Triton's max_batch_size, with dynamic batching; 0: no batching (default 8)",
+    )
+    t.add_argument(
+        "--triton-max-queue-delay-us",
+        type=int,
+        metavar="US",
+        help="dynamic batching's max_queue_delay_microseconds (default 0)",
+    )
+    t.add_argument(
+        "--triton-instances", type=int, metavar="N", help="CPU model instances (default 1)"
+    )
+    t.add_argument(
+        "--triton-model-root",
+        metavar="PATH",
+        help="the repository's path inside the server's container, which op_library_filename "
+        f"starts with (default {TRITON_MODEL_ROOT}; KServe: {KSERVE_MODEL_ROOT})",
+    )
+    t.add_argument(
+        "--triton-replace",
+        action="store_true",
+        help="replace REPO/<name> if it exists (all its versions); otherwise that is an error",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -175,11 +236,80 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # unwinds through the atomic directory, which removes its temp dir
 
 
+_NOT_EXPORT_OPTIONS = {"help", "version", "model", "quiet", "verbose", "from_export"}
+
+
+def _triton_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> TritonOptions | None:
+    """The --triton-* options as TritonOptions (None without --triton-repo); misuse exits 2."""
+    given = {
+        a.dest: a.option_strings[0]
+        for a in parser._actions
+        if a.dest.startswith("triton_") and getattr(args, a.dest) not in (None, False)
+    }
+    if args.model is not None and args.from_export is not None:
+        parser.error("give model.pt to export or --from-export DIR, not both")
+    if args.model is None and args.from_export is None:
+        parser.error("give model.pt to export (or --from-export DIR with --triton-repo REPO)")
+    if args.triton_repo is None:
+        if args.from_export is not None:
+            parser.error("--from-export needs --triton-repo REPO, the repository to put it in")
+        if given:
+            parser.error(f"{next(iter(given.values()))} needs --triton-repo REPO")
+        return None
+    if args.from_export is not None:
+        for a in parser._actions:
+            if a.dest in _NOT_EXPORT_OPTIONS or a.dest.startswith("triton_"):
+                continue
+            if getattr(args, a.dest) != a.default:
+                parser.error(
+                    f"{a.option_strings[0]} is an export option; --from-export DIR is put into "
+                    "the repository as it is (export again to change it)"
+                )
+    fields = {
+        "model_name": args.triton_model_name,
+        "version": args.triton_model_version,
+        "max_batch_size": args.triton_max_batch_size,
+        "max_queue_delay_us": args.triton_max_queue_delay_us,
+        "instances": args.triton_instances,
+        "model_root": args.triton_model_root,
+    }
+    return TritonOptions(
+        args.triton_repo,
+        replace=args.triton_replace,
+        **{k: v for k, v in fields.items() if v is not None},
+    )
+
+
+def _write_triton(console: Console, export: Path, options: TritonOptions) -> TritonEntry:
+    entry = write_model_entry(export, options)
+    console.print(
+        f"wrote Triton model '{entry.name}' version {entry.version} to {entry.model_dir}/ "
+        f"(config.pbtxt; the op library as {entry.op_library_filename} in the server's "
+        f"container: tritonserver --model-repository={options.model_root})"
+    )
+    return entry
+
+
 def export_main(argv: list[str] | None = None) -> int:
-    args = build_export_parser().parse_args(argv)
+    parser = build_export_parser()
+    args = parser.parse_args(argv)
+    triton = _triton_options(parser, args)
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     width = shutil.get_terminal_size((120, 24)).columns  # rich assumes 80 when piped
     console = Console(quiet=args.quiet, highlight=False, soft_wrap=True, width=width)
+    if args.from_export is not None:
+        assert triton is not None
+        try:
+            _write_triton(console, args.from_export, triton)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: {triton.repository} was not changed", file=sys.stderr)
+            return 130
+        return 0
     output = args.output or args.model.with_name(args.model.stem + "_onnx")
     options = ExportOptions(
         opset=args.opset,
@@ -193,6 +323,8 @@ def export_main(argv: list[str] | None = None) -> int:
         qasm_weights_as_inputs=args.qasm_weights_as_inputs,
     )
     try:
+        if triton is not None:  # before the export: a bad name or target fails in a second
+            check_target(triton, triton.model_name or output.resolve().name)
         with console.status("starting") as status:
             result = export_model(
                 args.model, output, options, progress=lambda step: status.update(f"{step}...")
@@ -207,6 +339,19 @@ def export_main(argv: list[str] | None = None) -> int:
         console.print(table)
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     console.print(f"exported {len(result.adapted_layers)} adapted layers to {output}/ ({steps})")
+    if triton is not None:
+        try:
+            _write_triton(console, output, triton)
+        except USER_ERRORS as e:
+            print(
+                f"error: {e} (the export in {output} is complete: retry with --from-export "
+                f"{output})",
+                file=sys.stderr,
+            )
+            return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: {triton.repository} was not changed", file=sys.stderr)
+            return 130
     return 0
 
 
