@@ -449,7 +449,7 @@ def create_app(repository: ModelRepository, settings: Settings | None = None) ->
             name=model.name,
             platform=PLATFORM,
             backend="onnxruntime",
-            version_policy={"specific": {"versions": [str(model.version)]}},
+            version_policy={"all": {}},  # every version of the repository is served
             max_batch_size=settings.max_batch_size if batched else 0,
             input=[
                 config_tensor(s.name, s.datatype, s.shape, batched, s.name in optional)

@@ -67,7 +67,6 @@ __all__ = [
 # Choices of one request (prompts x n): each is a generation of its own, with its own KV cache.
 MAX_CHOICES = 16
 _OWNER = "qwthn-serve"
-_ROLES = {"developer": "system"}  # OpenAI's newer name for the system role
 Stop = (
     Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
     | Annotated[
@@ -304,11 +303,12 @@ _CHAT = _Kind(
 
 def _chat_ids(model: ServedModel, request: ChatCompletionRequest) -> list[int]:
     """The prompt of the next assistant turn, laid out as training laid it out."""
-    from qwthn_onnx.chat import Message, chat_prompt_ids
+    from qwthn_onnx.chat import ROLE_ALIASES, Message, chat_prompt_ids
 
     try:
         messages = [
-            Message(_ROLES.get(m.role, m.role), m.text(i)) for i, m in enumerate(request.messages)
+            Message(ROLE_ALIASES.get(m.role, m.role), m.text(i))
+            for i, m in enumerate(request.messages)
         ]
         # The tokenizer is not to be used from two threads at once: under the model's lock.
         with model._encode_lock:

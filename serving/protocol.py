@@ -416,14 +416,19 @@ def parse_generate_request(body: bytes) -> GenerateRequest | TritonGenerateReque
         raise BadRequestError(message, param=param) from e
 
 
-class ModelTensorConfig(BaseModel):
-    """An input or output of Triton's ModelConfig (``dims`` without the batch dimension when
+class ModelOutputConfig(BaseModel):
+    """An output of Triton's ModelConfig (``dims`` without the batch dimension when
     ``max_batch_size`` > 0; -1: variable)."""
 
     name: str
     data_type: str
-    format: str = "FORMAT_NONE"
     dims: list[int]
+
+
+class ModelInputConfig(ModelOutputConfig):
+    """An input of Triton's ModelConfig; ``optional``: the server fills it when left out."""
+
+    format: str = "FORMAT_NONE"
     optional: bool = False
 
 
@@ -435,8 +440,8 @@ class ModelConfig(BaseModel):
     backend: str
     version_policy: dict[str, Any]
     max_batch_size: int
-    input: list[ModelTensorConfig]
-    output: list[ModelTensorConfig]
+    input: list[ModelInputConfig]
+    output: list[ModelOutputConfig]
     dynamic_batching: dict[str, Any] | None = None
     instance_group: list[dict[str, Any]]
     default_model_filename: str
@@ -444,14 +449,16 @@ class ModelConfig(BaseModel):
 
 
 def config_tensor(
-    name: str, datatype: str, shape: list[int], batched: bool, optional: bool = False
-) -> ModelTensorConfig:
-    """A tensor of Triton's ModelConfig from its protocol datatype and shape (-1: variable):
-    ``TYPE_<datatype>`` (``TYPE_STRING`` for BYTES), the batch dimension left out when
-    ``batched``."""
+    name: str, datatype: str, shape: list[int], batched: bool, optional: bool | None = None
+) -> ModelInputConfig | ModelOutputConfig:
+    """An input (``optional`` given) or output of Triton's ModelConfig from its protocol
+    datatype and shape (-1: variable): ``TYPE_<datatype>`` (``TYPE_STRING`` for BYTES), the
+    batch dimension left out when ``batched``."""
     data_type = "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
     dims = shape[1:] if batched else shape
-    return ModelTensorConfig(name=name, data_type=data_type, dims=dims, optional=optional)
+    if optional is None:
+        return ModelOutputConfig(name=name, data_type=data_type, dims=dims)
+    return ModelInputConfig(name=name, data_type=data_type, dims=dims, optional=optional)
 
 
 def attach_binary_data(request: InferenceRequest, payload: bytes) -> None:

@@ -1,6 +1,6 @@
 """Text generation of a real server process, over loopback: ``generate`` answers what
-``QWTHNSession.generate`` gives, ``generate_stream`` sends the same as server-sent events, and
-requests take turns."""
+``QWTHNSession.generate`` gives, ``generate_stream`` sends the same as server-sent events,
+requests take turns, and Triton's own generate body is answered in Triton's shape."""
 
 import asyncio
 import json
@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from serving.testing import parse_sse
 from tests.serving.conftest import MAX_TOKENS, finishing_order, metric, parse_stream, wait_idle
 
 GENERATE = "/v2/models/tiny/generate"
@@ -230,6 +231,86 @@ def test_a_bad_request_is_an_error_and_the_server_goes_on(client, reference, pat
 def test_an_unknown_model_or_version_is_404(client, path):
     r = client.post(path, json={"prompt": "a"})
     assert r.status_code == 404 and "error" in r.json()
+
+
+# Triton's generate body: {"text_input", "parameters"} -> {"model_name", "model_version",
+# "text_output"}, sampling read as Triton's vLLM backend reads it (temperature 0: greedy).
+
+
+def _triton(client, body: dict, path: str = GENERATE) -> dict:
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert list(r.json()) == ["model_name", "model_version", "text_output"]
+    return r.json()
+
+
+def test_tritons_body_is_answered_in_tritons_shape(client, reference):
+    greedy = {"max_tokens": 20, "temperature": 0}
+    answer = _triton(client, {"text_input": "hello", "parameters": greedy})
+    expected = reference.generate("hello", 20).text
+    # text_output starts with the prompt, as Triton's vLLM backend answers by default
+    assert answer == {"model_name": "tiny", "model_version": "2", "text_output": "hello" + expected}
+    # The parameters at the top level too (as TensorRT-LLM models take them); a version path.
+    body = {"text_input": "hello", "exclude_input_in_output": True, **greedy}
+    answer = _triton(client, body, "/v2/models/tiny/versions/1/generate")
+    assert (answer["model_version"], answer["text_output"]) == ("1", expected)
+    # Defaults: 16 tokens, sampled at temperature 1; stop as one string; top_k.
+    answer = _triton(client, {"text_input": "abc", "parameters": {"seed": 5}})
+    assert (
+        answer["text_output"] == "abc" + reference.generate("abc", 16, do_sample=True, seed=5).text
+    )
+    sampled = {"seed": 3, "temperature": 0.7, "top_p": 0.9, "top_k": 10}
+    stop = expected[3:5]
+    parameters = {"max_tokens": 20, "stop": stop, "exclude_input_in_output": True, **sampled}
+    answer = _triton(client, {"text_input": "hello", "parameters": parameters})
+    sampled["do_sample"] = True
+    assert answer["text_output"] == reference.generate("hello", 20, stop=[stop], **sampled).text
+
+
+def test_tritons_stream_sends_pieces_that_add_up_to_the_text(client, reference):
+    parameters = {"max_tokens": 20, "temperature": 0, "stream": True}
+    with client.stream("POST", STREAM, json={"text_input": "hi", "parameters": parameters}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events, complete = parse_sse(r.iter_lines())
+    assert complete and all(kind == "message" for kind, _ in events)  # no [DONE]: Triton's
+    answers = [json.loads(data) for _, data in events]
+    assert all(a["model_name"] == "tiny" and a["model_version"] == "2" for a in answers)
+    expected = reference.generate("hi", 20).text
+    assert answers[0]["text_output"].startswith("hi")
+    assert "".join(a["text_output"] for a in answers) == "hi" + expected
+    assert len(answers) == len(reference.generate("hi", 20).token_ids) + 1  # the last: the end
+
+
+TRITON_BAD = {
+    "over --max-tokens": (
+        {"text_input": "a", "parameters": {"max_tokens": MAX_TOKENS + 1}},
+        f"max_tokens {MAX_TOKENS + 1} is over this server's limit of {MAX_TOKENS}",
+    ),
+    "negative temperature": (
+        {"text_input": "a", "parameters": {"temperature": -1}},
+        "temperature must be >= 0 (0: greedy)",
+    ),
+    "top_p": ({"text_input": "a", "parameters": {"top_p": 0}}, "top_p must be in (0, 1]"),
+    "unknown parameter": (
+        {"text_input": "a", "parameters": {"beam_width": 2}},
+        "parameters.beam_width: Extra inputs are not permitted",
+    ),
+    "text_input not a string": ({"text_input": 5}, "text_input: Input should be a valid string"),
+    "both places": (
+        {"text_input": "a", "max_tokens": 3, "parameters": {"temperature": 0}},
+        "in 'parameters' or at the top level, not both (top level: max_tokens)",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", [GENERATE, STREAM])
+@pytest.mark.parametrize("case", TRITON_BAD)
+def test_a_bad_triton_body_is_a_400(client, reference, path, case):
+    body, fragment = TRITON_BAD[case]
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert list(r.json()) == ["error"] and fragment in r.json()["error"]
+    _good_request(client, reference)
 
 
 # Metadata and metrics.

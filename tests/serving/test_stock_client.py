@@ -1,9 +1,16 @@
 """A stock Open Inference Protocol v2 client against a real server process: NVIDIA's
-``tritonclient.http``, as a Triton user would point it at us, JSON and binary tensors both."""
+``tritonclient.http``, as a Triton user would point it at us, JSON and binary tensors both, and
+Triton's model-configuration and statistics extensions."""
 
+import importlib.util
+from pathlib import Path
+
+import httpx
 import numpy as np
 import pytest
+import tritonclient
 import tritonclient.http as httpclient
+from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from tests.serving.conftest import full_feed
@@ -58,3 +65,89 @@ def test_errors_reach_the_client_with_the_servers_message(client):
         client.infer("nope", [tensor])
     with pytest.raises(InferenceServerException, match="the model takes datatype INT64"):
         client.infer("tiny", [tensor])
+
+
+def _model_config_proto():
+    """Triton's ModelConfig message, from the client's generated protobuf module (loaded by path:
+    the ``tritonclient.grpc`` package needs grpcio, which its http extra does not install)."""
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ModelConfig
+
+
+def test_model_config_is_a_triton_model_configuration(client, reference):
+    config = client.get_model_config("tiny")
+    # Every field is one of Triton's ModelConfig, its enums spelt as Triton spells them.
+    json_format.ParseDict(config, _model_config_proto()())
+    assert (config["name"], config["platform"], config["backend"]) == (
+        "tiny",
+        "onnxruntime_onnx",
+        "onnxruntime",
+    )
+    assert config["max_batch_size"] == 8 and "dynamic_batching" in config
+    cache = reference.metadata.cache
+    heads, head_dim = cache["num_kv_heads"], cache["head_dim"]
+    inputs = {t["name"]: (t["data_type"], t["dims"], t["optional"]) for t in config["input"]}
+    # max_batch_size > 0: dims leave the batch dimension out, as in a config.pbtxt
+    assert inputs["input_ids"] == ("TYPE_INT64", [-1], False)
+    assert inputs["attention_mask"] == ("TYPE_INT64", [-1], True)
+    assert inputs["past_key_values.0.key"] == ("TYPE_FP32", [heads, -1, head_dim], True)
+    assert set(inputs) == {i.name for i in reference.session.get_inputs()}
+    outputs = {t["name"]: (t["data_type"], t["dims"]) for t in config["output"]}
+    vocab = reference.session.get_outputs()[0].shape[-1]
+    assert outputs["logits"] == ("TYPE_FP32", [-1, vocab])
+    assert set(outputs) == {o.name for o in reference.session.get_outputs()}
+    assert client.get_model_config("tiny", "1")["input"] == config["input"]
+    with pytest.raises(InferenceServerException, match="has no version '9'"):
+        client.get_model_config("tiny", "9")
+
+
+def _stats(client, version: str) -> dict:
+    (stats,) = client.get_inference_statistics("tiny", version)["model_stats"]
+    assert (stats["name"], stats["version"]) == ("tiny", version)
+    return stats
+
+
+def _counts(stats: dict) -> dict[str, int]:
+    flat = {k: stats[k] for k in ("inference_count", "execution_count")}
+    return flat | {k: v["count"] for k, v in stats["inference_stats"].items()}
+
+
+def test_statistics_count_inferences_generations_and_failures(client, server):
+    before = _counts(_stats(client, "1"))
+    ids = np.array([[3, 1, 4], [1, 5, 9]], np.int64)
+    tensor = httpclient.InferInput("input_ids", list(ids.shape), "INT64")
+    tensor.set_data_from_numpy(ids)
+    client.infer("tiny", [tensor], model_version="1")
+    with pytest.raises(InferenceServerException):
+        client.infer(
+            "tiny", [httpclient.InferInput("input_ids", [1, 1], "INT32")], model_version="1"
+        )
+    r = httpx.post(
+        f"{server.url}/v2/models/tiny/versions/1/generate",
+        json={"prompt": "a", "max_new_tokens": 4},
+    )
+    assert r.json()["completion_tokens"] == 4
+    after = _stats(client, "1")
+    delta = {k: v - before[k] for k, v in _counts(after).items()}
+    assert delta["success"] == 2 and delta["fail"] == 1
+    assert delta["inference_count"] == 2 + 1  # the infer request's two rows, one generation
+    # one infer run; the generation's prefill and three decode calls
+    assert delta["execution_count"] == 1 + 4
+    assert delta["queue"] == delta["compute_infer"] == 2  # the two that ran
+    assert delta["compute_input"] == 2 and delta["compute_output"] == 2
+    assert after["last_inference"] > 0
+    assert any(b["batch_size"] == 2 for b in after["batch_stats"])
+    for name, duration in after["inference_stats"].items():
+        assert (duration["ns"] > 0) == (duration["count"] > 0), name
+    # every model version, for an empty model name (/v2/models/stats)
+    everything = client.get_inference_statistics()["model_stats"]
+    assert [(s["name"], s["version"]) for s in everything] == [("tiny", "1"), ("tiny", "2")]
+    assert [s["version"] for s in client.get_inference_statistics("tiny")["model_stats"]] == [
+        "1",
+        "2",
+    ]
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_inference_statistics("nope")
