@@ -93,6 +93,13 @@ def build_export_parser() -> argparse.ArgumentParser:
         "ai.qwthn library to run)",
     )
     p.add_argument(
+        "--no-op-library",
+        dest="op_library",
+        action="store_false",
+        help="do not copy the ai.qwthn op library into the export (onnxruntime-genai and "
+        "Optimum then run the fallback functions; see docs/stock-runtimes.md)",
+    )
+    p.add_argument(
         "--external-data",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -321,6 +328,7 @@ def export_main(argv: list[str] | None = None) -> int:
         external_data=args.external_data,
         qasm=args.qasm,
         qasm_weights_as_inputs=args.qasm_weights_as_inputs,
+        op_library=args.op_library,
     )
     try:
         if triton is not None:  # before the export: a bad name or target fails in a second

@@ -33,6 +33,7 @@ from exporters.onnx_export import (
     save_onnx,
 )
 from exporters.qasm import circuit_to_qasm3
+from exporters.runtime_files import normalize_tokenizer_files, write_runtime_files
 from exporters.verify import Reference, VerifyReport, torch_reference, verify_reference
 from qwthn_onnx import __version__
 from qwthn_onnx._io import atomic_directory, file_sha256, tokenizer_to_files
@@ -74,6 +75,9 @@ class ExportOptions:
     external_data: bool | None = None  # None: only when the weights exceed 1 GiB
     qasm: bool = True  # qasm/<layer>.qasm, one OpenQASM 3 program per adapted layer
     qasm_weights_as_inputs: bool = False  # trained weights as `input` too, not only literals
+    # a copy of the ai.qwthn op library beside model.onnx, named in genai_config.json (False:
+    # no binary in the export; stock runtimes then run the fallback functions)
+    op_library: bool = True
 
     def validate(self) -> None:
         check_opset(self.opset)
@@ -264,7 +268,9 @@ def _export_and_write(
             _cast_base(loaded, options.dtype)
         metadata = _metadata(loaded, options.dtype)
         tokenizer_files = (
-            tokenizer_to_files(loaded.tokenizer) if loaded.tokenizer is not None else None
+            normalize_tokenizer_files(tokenizer_to_files(loaded.tokenizer))
+            if loaded.tokenizer is not None
+            else None
         )
         metadata.tokenizer = encode_files(tokenizer_files) if tokenizer_files else None
     with _timed(seconds, "export to ONNX", progress):
@@ -279,6 +285,13 @@ def _export_and_write(
                 (tmp / name).write_text(content)
             else:
                 (tmp / name).write_bytes(content)
+        write_runtime_files(
+            tmp,
+            loaded.model.config.to_dict(),
+            metadata.base_model["architecture"],
+            metadata.cache,
+            options.op_library,
+        )
     if options.qasm:
         with _timed(seconds, "OpenQASM 3", progress):
             write_qasm(tmp, loaded.model, options.qasm_weights_as_inputs)
