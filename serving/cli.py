@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.repository import ModelRepository, RepositoryError, discover, load_model
+from serving.repository import (
+    ModelRepository,
+    ModelSource,
+    RepositoryError,
+    discover,
+    load_model,
+)
 
 __all__ = ["build_parser", "log_config", "main"]
 
@@ -140,6 +146,21 @@ def log_config(level: str) -> dict[str, Any]:
     }
 
 
+def _warn_unapplied_batch_size(source: ModelSource, max_batch_size: int) -> None:
+    """Say so when a model's config.pbtxt asks Triton for another batch size than ours."""
+    config = source.config
+    if config is None or config.max_batch_size is None:
+        return
+    if config.max_batch_size != max_batch_size:
+        logging.getLogger("serving.cli").warning(
+            "model '%s': config.pbtxt has max_batch_size %d (Triton's); qwthn-serve batches up "
+            "to --max-batch-size %d for every model",
+            source.name,
+            config.max_batch_size,
+            max_batch_size,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -168,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=args.max_tokens,
         max_concurrent_generations=args.max_concurrent_generations,
     )
+    for source in {s.name: s for s in sources}.values():  # one config.pbtxt per model
+        _warn_unapplied_batch_size(source, settings.max_batch_size)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(repository, settings),

@@ -5,8 +5,12 @@ Two layouts are accepted::
     PATH/model.onnx, PATH/manifest.json, ...     one model named after PATH, version 1
     PATH/<model>/<version>/model.onnx, ...       each version directory an export directory
 
-Versions are integers and the highest is a model's default, as in Triton. Layout problems are
-found before any model is loaded and reported with the path and what was expected there.
+Versions are integers and the highest is a model's default, as in Triton. A model directory
+may hold Triton's ``config.pbtxt`` (``qwthn-export --triton-repo`` writes one): its ``name``
+must be the directory's, as Triton requires, and its platform or backend onnxruntime; its
+``max_batch_size`` is read (the server batches by its own ``--max-batch-size``) and the rest is
+Triton's business. Layout problems are found before any model is loaded and reported with the
+path and what was expected there.
 """
 
 from __future__ import annotations
@@ -15,19 +19,31 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qwthn_onnx.runtime import export_dir
+from serving import pbtxt
 from serving.errors import NotFoundError
 
 if TYPE_CHECKING:
     from serving.model import ServedModel
 
-__all__ = ["EXPORT_FILES", "ModelRepository", "ModelSource", "RepositoryError", "discover"]
+__all__ = [
+    "CONFIG_FILE",
+    "EXPORT_FILES",
+    "ModelRepository",
+    "ModelSource",
+    "RepositoryError",
+    "TritonConfig",
+    "discover",
+    "read_config",
+]
 
 log = logging.getLogger(__name__)
 
 EXPORT_FILES = (export_dir.MODEL, export_dir.MANIFEST)  # what makes a qwthn-export output
+CONFIG_FILE = "config.pbtxt"  # Triton's model configuration, beside the version directories
+_PLATFORM, _BACKEND = "onnxruntime_onnx", "onnxruntime"
 _LAYOUTS = (
     "an export directory (model.onnx + manifest.json, from qwthn-export) or a model repository "
     "<repo>/<model>/<version>/ whose version directories are export directories"
@@ -39,12 +55,66 @@ class RepositoryError(ValueError):
 
 
 @dataclass(frozen=True)
+class TritonConfig:
+    """What the server reads of a model's ``config.pbtxt`` (None: not given there)."""
+
+    name: str | None
+    max_batch_size: int | None
+
+
+@dataclass(frozen=True)
 class ModelSource:
-    """Where one version of one model lives."""
+    """Where one version of one model lives, and its model's ``config.pbtxt`` if it has one."""
 
     name: str
     version: int
     directory: Path
+    config: TritonConfig | None = None
+
+
+def _single(path: Path, fields: pbtxt.Message, field: str, kind: type) -> Any:
+    """The one value of a singular field, or None; RepositoryError when repeated or mistyped."""
+    values = fields.get(field, [])
+    if len(values) > 1:
+        raise RepositoryError(f"{path}: '{field}' is given {len(values)} times; give it once")
+    if values and (not isinstance(values[0], kind) or isinstance(values[0], pbtxt.Identifier)):
+        what = "a quoted string" if kind is str else "an integer"
+        raise RepositoryError(f"{path}: '{field}' must be {what}, not {values[0]!r}")
+    return values[0] if values else None
+
+
+def read_config(model_dir: Path) -> TritonConfig | None:
+    """The fields of ``model_dir/config.pbtxt`` the server uses, None without that file.
+
+    Raises RepositoryError when it cannot be read, is not protobuf text format, names another
+    model, or asks for a platform other than onnxruntime (qwthn-serve runs nothing else).
+    """
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        fields = pbtxt.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise RepositoryError(f"{path}: cannot be read ({e})") from e
+    except pbtxt.PbtxtError as e:
+        raise RepositoryError(f"{path} is not protobuf text format: {e}") from e
+    name = _single(path, fields, "name", str)
+    if name is not None and name != model_dir.name:
+        raise RepositoryError(
+            f"{path} names the model {name!r} but its directory is {model_dir.name!r}; Triton "
+            "requires them to match: rename the directory or fix 'name'"
+        )
+    for field, expected in (("platform", _PLATFORM), ("backend", _BACKEND)):
+        value = _single(path, fields, field, str)
+        if value is not None and value != expected:
+            raise RepositoryError(
+                f"{path} asks for {field} {value!r}; qwthn-serve runs qwthn-export outputs in "
+                f"onnxruntime only ({field} {expected!r}, or leave it out)"
+            )
+    batch = _single(path, fields, "max_batch_size", int)
+    if isinstance(batch, int) and batch < 0:
+        raise RepositoryError(f"{path}: max_batch_size {batch} is negative; give 0 or more")
+    return TritonConfig(name, batch)
 
 
 def _check_export(path: Path) -> None:
@@ -80,6 +150,7 @@ def discover(path: str | Path) -> list[ModelSource]:
                 f"{model_dir} is an export directory directly under the repository; put it in "
                 f"a version directory: {model_dir}/1/"
             )
+        config = read_config(model_dir)
         versions = _subdirectories(model_dir)
         if not versions:
             raise RepositoryError(
@@ -92,7 +163,7 @@ def discover(path: str | Path) -> list[ModelSource]:
                     f"{version_dir}: version directories must be named by a non-negative integer"
                 )
             _check_export(version_dir)
-            sources.append(ModelSource(model_dir.name, int(version_dir.name), version_dir))
+            sources.append(ModelSource(model_dir.name, int(version_dir.name), version_dir, config))
     if not sources:
         raise RepositoryError(f"no models found in {path}; expected {_LAYOUTS}")
     seen: dict[tuple[str, int], Path] = {}
