@@ -1,7 +1,8 @@
 """Every benchmark of the project in one command, and BENCHMARKS.md regenerated from the results.
 
     bash benchmarks/setup_peers.sh       # once: wrk, and the peer simulators in their own venv
-    python benchmarks/run_all.py [--quick] [--only kernels,mpo,onnx,export,serving,soak,quality]
+    python benchmarks/run_all.py [--quick] [--only NAME,...]   # kernels mpo onnx export serving
+                                                         # deploy soak quality
     python benchmarks/run_all.py --markdown-only     # rewrite BENCHMARKS.md from the results
 
 Each benchmark runs alone, one after the other (never two at once: they would slow each other),
@@ -101,6 +102,14 @@ BENCHMARKS = {
             "Serving: qwthn-serve under load",
             "Throughput and latency at concurrency 1, 8 and 32, dynamic batching on and off.",
             needs=("wrk",),
+        ),
+        Benchmark(
+            "deploy",
+            "deploy_footprint.py",
+            "Deployment footprint: install size, time to ready, idle memory",
+            "qwthn-onnx[serve] (no training stack) against qwthn-onnx[all] on disk; qwthn-serve "
+            "started on the demo and on SmolLM2-135M: seconds to ready and idle RSS, against "
+            "a bare onnxruntime session.",
         ),
         Benchmark(
             "soak",
