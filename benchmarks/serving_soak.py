@@ -10,20 +10,24 @@ with its own connection, send requests back to back, each time a kind drawn at r
 by KINDS' weights:
 
 - valid: infer with JSON tensors, infer with binary tensors both ways (Triton's extension),
-  generate (greedy and seeded sampling), streamed generate, metadata/health/metrics GETs, a
-  client that drips its request body over ~1 s, clients that leave mid-stream or mid-generate;
+  generate (greedy and seeded sampling), streamed generate, Triton's generate body (streamed or
+  not), OpenAI-compatible completions and chat completions (streamed or not, several choices,
+  seeded), metadata/health/metrics/config/stats GETs and ``/v1/models``, a client that drips
+  its request body over ~1 s, clients that leave mid-stream or mid-generate;
 - invalid: malformed JSON, wrong shapes, wrong datatypes, unknown model, bad generate
-  parameters, oversize bodies (declared and chunked), bad binary headers, unknown routes and
-  methods; and on a raw socket: truncated bodies or headers, garbage bytes.
+  parameters (ours, Triton's and OpenAI's), unsupported OpenAI fields, oversize bodies (declared
+  and chunked), bad binary headers, unknown routes and methods; and on a raw socket: truncated
+  bodies or headers, garbage bytes.
 
 Every answer is checked. A valid one must be a 200 with the right content: infer outputs equal
 (max abs <= TOLERANCE) the same request answered alone on the idle server before the load,
 generated text equals the prompt's text alone, streamed pieces add up to it. An invalid one must
-be refused with the expected 4xx and a JSON ``{"error": ...}`` body, never a 5xx and never a
-dropped connection; a raw-socket request the client broke itself may instead be closed without
-an answer (garbage gets uvicorn's own plain-text 400). The server's ``/metrics`` must count no 5xx
-(answers nobody read included), no generation may still be in flight once the load stops, the
-server must exit 0 on SIGTERM and log no traceback.
+be refused with the expected 4xx and a JSON ``{"error": ...}`` body (OpenAI's error object
+under ``/v1``), never a 5xx and never a dropped connection; a raw-socket request the client
+broke itself may instead be closed without an answer (garbage gets uvicorn's own plain-text
+400). The server's ``/metrics`` must count no 5xx (answers nobody read included), no
+generation may still be in flight once the load stops, the server must exit 0 on SIGTERM and
+log no traceback.
 
 Resources: the server process is read from ``/proc`` every second (RSS, threads, open fds).
 Phases: references on the idle server; ``--warmup`` s of the same load (allocator arenas,
@@ -98,6 +102,11 @@ class Fixtures:
     infer_logits: list[np.ndarray] = field(default_factory=list)
     generate_bodies: list[dict[str, Any]] = field(default_factory=list)
     generate_texts: list[str] = field(default_factory=list)
+    triton_bodies: list[dict[str, Any]] = field(default_factory=list)
+    triton_texts: list[str] = field(default_factory=list)
+    # (path, body) of OpenAI-compatible requests; their answers alone: choice texts and usage
+    openai_requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    openai_answers: list[tuple[list[str], dict[str, int]]] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -126,6 +135,29 @@ def make_fixtures(url: str, model: str, rng: np.random.Generator) -> Fixtures:
         for body in fixtures.generate_bodies:
             answer = client.post(f"{fixtures.base}/generate", json=body)
             fixtures.generate_texts.append(_expect_200(answer)["text"])
+        fixtures.triton_bodies = [
+            {"text_input": "12&34=", "parameters": {"max_tokens": GEN_TOKENS, "temperature": 0}},
+            {"text_input": "42&", "max_tokens": GEN_TOKENS, "seed": 7, "top_k": 20,
+             "exclude_input_in_output": True},
+        ]  # fmt: skip
+        for body in fixtures.triton_bodies:
+            answer = client.post(f"{fixtures.base}/generate", json=body)
+            fixtures.triton_texts.append(_expect_200(answer)["text_output"])
+        chat = [{"role": "system", "content": "Add."}, {"role": "user", "content": "7+8="}]
+        common = {"model": model, "max_tokens": GEN_TOKENS}
+        fixtures.openai_requests = [
+            ("/v1/completions", {**common, "prompt": "12&34=", "temperature": 0}),
+            ("/v1/completions", {**common, "prompt": ["7+8=", "hello"], "seed": 5, "n": 2}),
+            ("/v1/chat/completions", {**common, "messages": chat[1:], "temperature": 0}),
+            ("/v1/chat/completions", {**common, "messages": chat, "seed": 9, "n": 2,
+                                      "stop": ["&"]}),
+        ]  # fmt: skip
+        for path, body in fixtures.openai_requests:
+            answer = _expect_200(client.post(path, json=body))
+            texts = [
+                c["text"] if "text" in c else c["message"]["content"] for c in answer["choices"]
+            ]
+            fixtures.openai_answers.append((texts, answer["usage"]))
     return fixtures
 
 
@@ -253,10 +285,87 @@ async def generate_stream(c: Client) -> Outcome:
     return "200", _stream_problem(parse_sse(lines)[0], c.fixtures.generate_texts[k])
 
 
-async def disconnect(c: Client) -> Outcome:
-    """A client that leaves: a stream after its first token, or a generate after a moment."""
-    body = {"prompt": "", "max_new_tokens": 64}
+async def triton_generate(c: Client) -> Outcome:
+    """Triton's generate body, on generate (its answer) or generate_stream (pieces of text)."""
+    k = c.rng.randrange(len(c.fixtures.triton_bodies))
+    body, expected = c.fixtures.triton_bodies[k], c.fixtures.triton_texts[k]
     if c.rng.random() < 0.5:
+        r = await c.http.post(f"{c.fixtures.base}/generate", json=body)
+        if r.status_code != 200:
+            return str(r.status_code), r.text[:200]
+        text = r.json()["text_output"]
+        return "200", None if text == expected else f"text {text!r}, alone {expected!r}"
+    async with c.http.stream("POST", f"{c.fixtures.base}/generate_stream", json=body) as r:
+        lines = [line async for line in r.aiter_lines()]
+    if r.status_code != 200:
+        return str(r.status_code), "\n".join(lines)[:200]
+    events, complete = parse_sse(lines)
+    if not complete or any(kind != "message" for kind, _ in events):
+        return "200", f"stream cut or with an error event: {events[-2:]}"
+    text = "".join(json.loads(data)["text_output"] for _, data in events)
+    return "200", None if text == expected else f"streamed {text!r}, alone {expected!r}"
+
+
+async def openai_request(c: Client) -> Outcome:
+    """An OpenAI-compatible completion or chat completion, streamed (with usage) or not."""
+    k = c.rng.randrange(len(c.fixtures.openai_requests))
+    path, body = c.fixtures.openai_requests[k]
+    texts, usage = c.fixtures.openai_answers[k]
+    if c.rng.random() < 0.5:
+        r = await c.http.post(path, json=body)
+        if r.status_code != 200:
+            return str(r.status_code), r.text[:200]
+        answer = r.json()
+        got = [ch["text"] if "text" in ch else ch["message"]["content"] for ch in answer["choices"]]
+        if (got, answer["usage"]) != (texts, usage):
+            return "200", f"{got!r} {answer['usage']}, alone {texts!r} {usage}"
+        return "200", None
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    async with c.http.stream("POST", path, json=streamed) as r:
+        lines = [line async for line in r.aiter_lines()]
+    if r.status_code != 200:
+        return str(r.status_code), "\n".join(lines)[:200]
+    return "200", _openai_stream_problem(parse_sse(lines)[0], texts, usage)
+
+
+def _openai_stream_problem(
+    events: list[tuple[str, str]], texts: list[str], usage: dict[str, int]
+) -> str | None:
+    if not events or events[-1] != ("message", "[DONE]"):
+        return f"stream does not end with [DONE]: {events[-2:]}"
+    chunks = [json.loads(data) for _, data in events[:-1]]
+    if any("error" in chunk for chunk in chunks):
+        return f"stream has an error: {chunks[-1]}"
+    if chunks[-1]["choices"] or chunks[-1]["usage"] != usage:
+        return f"last chunk is not the usage {usage}: {chunks[-1]}"
+    got = [""] * len(texts)
+    finished = set()
+    for chunk in chunks[:-1]:
+        (choice,) = chunk["choices"]
+        i = choice["index"]
+        if i in finished:
+            return f"choice {i} goes on after its finish_reason"
+        got[i] += choice["text"] if "text" in choice else choice["delta"].get("content") or ""
+        if choice["finish_reason"] is not None:
+            finished.add(i)
+    if got != texts or len(finished) != len(texts):
+        return f"streamed {got!r} ({len(finished)} finished), alone {texts!r}"
+    return None
+
+
+async def disconnect(c: Client) -> Outcome:
+    """A client that leaves: a stream after its first token (ours or OpenAI's), or a generate
+    after a moment."""
+    body = {"prompt": "", "max_new_tokens": 64}
+    draw = c.rng.random()
+    if draw < 0.25:
+        completion = {"model": c.fixtures.model, "prompt": "", "max_tokens": 64, "stream": True}
+        async with c.http.stream("POST", "/v1/completions", json=completion) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    return "left", None if r.status_code == 200 else f"status {r.status_code}"
+        return str(r.status_code), "the stream ended before its first event"
+    if draw < 0.6:
         async with c.http.stream("POST", f"{c.fixtures.base}/generate_stream", json=body) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
@@ -277,6 +386,10 @@ _METADATA: list[tuple[str, str, Callable[[Any, str], bool]]] = [
     ("GET", "/v2/models/{m}/ready", lambda j, m: j == {"name": m, "ready": True}),
     ("POST", "/v2/repository/index", lambda j, m: [e["state"] for e in j] == ["READY"]),
     ("GET", "/metrics", lambda text, m: "qwthn_requests_total" in text),
+    ("GET", "/v2/models/{m}/config", lambda j, m: j["name"] == m and j["input"] and j["output"]),
+    ("GET", "/v2/models/{m}/stats", lambda j, m: j["model_stats"][0]["name"] == m),
+    ("GET", "/v2/models/stats", lambda j, m: [s["name"] for s in j["model_stats"]] == [m]),
+    ("GET", "/v1/models", lambda j, m: [d["id"] for d in j["data"]] == [m, f"{m}/1"]),
 ]
 
 
@@ -313,6 +426,8 @@ async def slow_sender(c: Client) -> Outcome:
 # Invalid requests: (method, path, body or json, extra headers, expected status, fragment).
 def _invalid(c: Client) -> list[tuple[str, str, Any, dict[str, str], int, str]]:
     base, ids = c.fixtures.base, {"name": "input_ids", "shape": [1, 3], "datatype": "INT64"}
+    model, chat = c.fixtures.model, "/v1/chat/completions"
+    hi = [{"role": "user", "content": "hi"}]
     good = {**ids, "data": [1, 2, 3]}
     binary = json.dumps({"inputs": [{**ids, "parameters": {"binary_data_size": 24}}]}).encode()
     return [
@@ -334,6 +449,25 @@ def _invalid(c: Client) -> list[tuple[str, str, Any, dict[str, str], int, str]]:
         ("POST", f"{base}/infer", b" " * (MAX_BODY + 2**19), {}, 413, "too large"),
         ("GET", f"{base}/infer", None, {}, 405, "not allowed"),
         ("GET", "/v2/nothing/here", None, {}, 404, "no such endpoint"),
+        ("POST", f"{base}/generate", {"text_input": "a", "parameters": {"temperature": -1}}, {},
+         400, "temperature must be >= 0"),
+        ("POST", f"{base}/generate_stream", {"text_input": "a", "parameters": {"n": 2}}, {}, 400,
+         "parameters.n"),
+        ("GET", "/v2/models/nope/config", None, {}, 404, "unknown model"),
+        ("GET", f"{base}/versions/9/stats", None, {}, 404, "no version '9'"),
+        ("POST", "/v1/completions", {"model": "nope", "prompt": "a"}, {}, 404, "unknown model"),
+        ("POST", "/v1/completions", {"model": model, "prompt": "a", "logprobs": 1}, {}, 400,
+         "not supported"),
+        ("POST", "/v1/completions", {"model": model, "prompt": "a", "max_tokens": 65}, {}, 400,
+         "limit"),
+        ("POST", chat, {"model": model, "messages": hi, "temperature": "hot"}, {}, 400,
+         "temperature"),
+        ("POST", chat, {"model": model, "messages": hi, "stream": True, "n": 99}, {}, 400,
+         "choices"),
+        ("POST", chat, {"model": model, "messages": [], "stream": True}, {}, 400, "messages"),
+        ("POST", chat, b'{"model": ', {}, 400, "not valid JSON"),
+        ("POST", chat, b" " * (MAX_BODY + 2**19), {}, 413, "too large"),
+        ("GET", "/v1/nothing", None, {}, 404, "no such endpoint"),
     ]  # fmt: skip
 
 
@@ -358,11 +492,17 @@ async def oversize_chunked(c: Client) -> Outcome:
 
 
 def _refusal_problem(r: httpx.Response, status: int, fragment: str) -> str | None:
+    """None when ``r`` is the expected refusal: ``{"error": message}``, or under ``/v1``
+    OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
     try:
         body = r.json()
     except ValueError:
         return f"{r.status_code} without a JSON body: {r.text[:200]}"
-    if r.status_code != status or list(body) != ["error"] or fragment not in body["error"]:
+    error = body.get("error") if isinstance(body, dict) and list(body) == ["error"] else None
+    if r.request.url.path.startswith("/v1/") and isinstance(error, dict):
+        fields = {"message", "type", "param", "code"}
+        error = error.get("message") if set(error) == fields else None
+    if r.status_code != status or not isinstance(error, str) or fragment not in error:
         return f"expected {status} naming {fragment!r}, got {r.status_code} {r.text[:200]}"
     return None
 
@@ -439,7 +579,9 @@ KINDS: dict[str, Kind] = {
     "generate_stream": Kind(generate_stream, True, 6),
     "metadata": Kind(metadata, True, 12),
     "slow_sender": Kind(slow_sender, True, 2),
-    "disconnect": Kind(disconnect, True, 3),
+    "triton_generate": Kind(triton_generate, True, 4),
+    "openai": Kind(openai_request, True, 8),
+    "disconnect": Kind(disconnect, True, 4),
     "invalid": Kind(invalid, False, 20),
     "oversize_chunked": Kind(oversize_chunked, False, 1),
     "truncated": Kind(truncated, False, 3),
