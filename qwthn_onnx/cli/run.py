@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from qwthn_onnx import __version__
+from qwthn_onnx.chat import DataError, Message
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.fallback import FallbackMismatchError
 from qwthn_onnx.runtime.export_dir import ExportIntegrityError
@@ -26,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help="export directory or model.onnx")
     p.add_argument("-p", "--prompt", action="append", required=True, help="repeat for a batch")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="each prompt is a user turn: lay it out with the model's chat template (or the "
+        "plain 'User: ...' layout training used without one) and print the assistant's reply",
+    )
+    p.add_argument("--system", help="with --chat: a system turn before each prompt")
     p.add_argument("-n", "--max-new-tokens", type=int, default=32)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -46,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.system is not None and not args.chat:
+        parser.error("--system needs --chat")
     kernels = {"auto": "auto", "on": True, "off": False}[args.kernels]
     try:
         with warnings.catch_warnings():
@@ -55,19 +66,24 @@ def main(argv: list[str] | None = None) -> int:
             session = QWTHNSession(args.model, kernels=kernels, threads=args.threads)
         session.tokenizer  # noqa: B018 - load it now, so tokens/s measures generation only
         start = time.perf_counter()
-        results = session.generate(
-            args.prompt,
-            args.max_new_tokens,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop=args.stop,
-        )
+        sampling = {
+            "do_sample": args.sample,
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "seed": args.seed,
+            "stop": args.stop,
+        }
+        if args.chat:
+            system = [Message("system", args.system)] if args.system else []
+            conversations = [[*system, Message("user", p)] for p in args.prompt]
+            results = session.chat(conversations, args.max_new_tokens, **sampling)
+        else:
+            results = session.generate(args.prompt, args.max_new_tokens, **sampling)
         seconds = time.perf_counter() - start
     except (
         CircuitError,
+        DataError,
         ExportIntegrityError,
         FallbackMismatchError,
         FileNotFoundError,
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for prompt, result in zip(args.prompt, results, strict=True):
-        print(result.text if args.quiet else f"{prompt}{result.text}")
+        print(result.text if args.quiet or args.chat else f"{prompt}{result.text}")
     if not args.quiet:
         tokens = sum(len(r.token_ids) for r in results)
         runtime = "kernels" if session.kernels else "fallback functions"

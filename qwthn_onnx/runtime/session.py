@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from qwthn_onnx.chat import Message, chat_prompt_ids
 from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError, generate_tokens
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
@@ -211,10 +212,29 @@ class QWTHNSession:
             top_p=top_p,
             seed=seed,
         )
-        encoded = [self.encode(p) for p in prompts]
+        results = self._generate([self.encode(p) for p in prompts], config, stop)
+        return results[0] if single else results
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        max_new_tokens: int = 32,
+        **sampling: Any,
+    ) -> list[Generation]:
+        """The next assistant turn of each conversation (batched), laid out as training laid
+        it out (:func:`qwthn_onnx.chat.chat_prompt_ids`: the chat template, else the plain
+        ``Role: content`` layout). ``sampling``: the keyword arguments of :meth:`generate`."""
+        stop = sampling.pop("stop", ())
+        config = GenerationConfig(max_new_tokens=max_new_tokens, **sampling)
+        encoded = [chat_prompt_ids(list(turns), self.tokenizer) for turns in conversations]
+        return self._generate(encoded, config, stop)
+
+    def _generate(
+        self, encoded: list[list[int]], config: GenerationConfig, stop: Sequence[str]
+    ) -> list[Generation]:
         stops = set(self.stop_config(config).stop_token_ids)
-        new: list[list[int]] = [[] for _ in prompts]
-        finished: list[str | None] = [None] * len(prompts)
+        new: list[list[int]] = [[] for _ in encoded]
+        finished: list[str | None] = [None] * len(encoded)
         for step in self.stream_ids(encoded, config):
             for row, token in enumerate(step):
                 if token is None or finished[row]:
@@ -231,7 +251,7 @@ class QWTHNSession:
                 if s and s in text:
                     text = text[: text.index(s)]
             results.append(Generation(text, ids, len(encoded[row]), finished[row] or "length"))
-        return results[0] if single else results
+        return results
 
     def _text(self, ids: list[int], stops: set[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=True)

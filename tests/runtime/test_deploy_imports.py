@@ -9,9 +9,6 @@ import sys
 
 import pytest
 
-from exporters import ExportOptions, export_model
-from tests.exporters.conftest import make_model_pt
-
 TRAINING_STACK = ("torch", "transformers", "peft", "qiskit")
 
 DEPLOY = """
@@ -35,13 +32,6 @@ print(json.dumps({
     "loaded": sorted(m for m in sys.modules if m.split(".")[0] in TRAINING_STACK),
 }))
 """
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy")
-    path, _ = make_model_pt(root / "model.pt", "llama")
-    return export_model(path, root / "export", ExportOptions(verify=False)).directory
 
 
 def test_loading_generating_and_serving_import_no_training_stack(export):
