@@ -2,15 +2,12 @@
 ``tritonclient.http``, as a Triton user would point it at us, JSON and binary tensors both, and
 Triton's model-configuration and statistics extensions."""
 
-import importlib.util
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
-import tritonclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from tests.serving.conftest import full_feed
@@ -67,20 +64,10 @@ def test_errors_reach_the_client_with_the_servers_message(client):
         client.infer("tiny", [tensor])
 
 
-def _model_config_proto():
-    """Triton's ModelConfig message, from the client's generated protobuf module (loaded by path:
-    the ``tritonclient.grpc`` package needs grpcio, which its http extra does not install)."""
-    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ModelConfig
-
-
 def test_model_config_is_a_triton_model_configuration(client, reference):
     config = client.get_model_config("tiny")
     # Every field is one of Triton's ModelConfig, its enums spelt as Triton spells them.
-    json_format.ParseDict(config, _model_config_proto()())
+    json_format.ParseDict(config, model_config_pb2.ModelConfig())
     assert (config["name"], config["platform"], config["backend"]) == (
         "tiny",
         "onnxruntime_onnx",
