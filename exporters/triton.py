@@ -235,9 +235,11 @@ def config_pbtxt(
     root = PurePosixPath(options.model_root)
     library = str(root / name / str(options.version) / export_dir.library_file_name())
     lines = [
-        f"# Written by qwthn-export{f' from {source}' if source else ''}: Triton's onnxruntime",
-        "# backend, the ai.qwthn kernels from the op library in the version directory.",
-        "# Requests batch only when their tensors' shapes match (see docs/triton-kserve.md).",
+        f"# Written by qwthn-export{f' from {source}' if source else ''}. Triton's onnxruntime",
+        f"# backend runs {options.version}/{export_dir.MODEL} with the ai.qwthn kernels of the op "
+        "library beside it;",
+        "# requests batch together only when their shapes match beyond the batch dimension",
+        "# (see qwthn-onnx's docs/triton-kserve.md).",
         f"name: {_quote(name)}",
         'platform: "onnxruntime_onnx"',
         'backend: "onnxruntime"',

@@ -264,11 +264,10 @@ def test_a_damaged_export_changes_nothing_in_the_repository(export, tmp_path):
     repo = tmp_path / "repo"
     write_model_entry(export, TritonOptions(repo, model_name="m"))
     before = _tree(repo)
-    for replace in (False, True):
-        with pytest.raises(export_dir.ExportIntegrityError, match=r"tokenizer\.json"):
-            write_model_entry(damaged, TritonOptions(repo, replace=replace))
-    with pytest.raises(export_dir.ExportIntegrityError, match=r"tokenizer\.json"):
-        write_model_entry(damaged, TritonOptions(repo, model_name="m", replace=True))
+    for name, replace in ((None, False), (None, True), ("m", True)):
+        with pytest.raises(export_dir.ExportIntegrityError, match=r"tokenizer\.json") as info:
+            write_model_entry(damaged, TritonOptions(repo, model_name=name, replace=replace))
+        assert str(info.value).startswith(f"{damaged} does not match")  # the user's path
     assert _tree(repo) == before
     assert sorted(p.name for p in repo.iterdir()) == ["m"]  # the temporary copies are gone
 

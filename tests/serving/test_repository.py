@@ -254,3 +254,24 @@ def test_a_triton_repository_from_qwthn_export_is_served(export_dir, reference, 
         assert r.status_code == 200, r.text
     expected = reference.run(full_feed(reference, ids))["logits"]
     np.testing.assert_allclose(output_array(r.json(), "logits"), expected, rtol=0, atol=1e-6)
+
+
+def test_the_docs_client_snippet_runs_against_the_server(server, reference):
+    """docs/triton-kserve.md's tritonclient code, as written there, against qwthn-serve (which
+    speaks the same protocol and configuration extension): it sends every input itself."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from tests.serving.conftest import full_feed
+
+    docs = (Path(__file__).parents[2] / "docs" / "triton-kserve.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "infer(" in b]
+    assert 'url, model = "localhost:8000", "tiny-llama"' in snippet
+    address = server.url.removeprefix("http://")
+    namespace: dict = {}
+    exec(snippet.replace('"localhost:8000", "tiny-llama"', f'"{address}", "tiny"'), namespace)
+    expected = reference.run(full_feed(reference, np.array([[1, 2, 3]])))["logits"]
+    np.testing.assert_allclose(namespace["logits"], expected, rtol=0, atol=1e-5)
+    assert namespace["next_token"] == int(expected[0, -1].argmax())
