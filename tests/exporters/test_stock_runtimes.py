@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -175,6 +176,14 @@ def test_no_op_library_export_names_no_library(no_library_export):
     assert export_dir.read_manifest(no_library_export)["options"]["op_library"] is False
 
 
+def test_cli_no_op_library_flag():
+    from exporters.cli import build_export_parser
+
+    parser = build_export_parser()
+    assert parser.parse_args(["m.pt"]).op_library is True
+    assert parser.parse_args(["m.pt", "--no-op-library"]).op_library is False
+
+
 def test_a_missing_library_warns_and_is_not_named(tmp_path, monkeypatch):
     monkeypatch.setenv("QWTHN_OPS_LIBRARY", str(tmp_path / "absent.so"))
     config = {"vocab_size": 80, "max_position_embeddings": 128, "eos_token_id": 2}
@@ -298,6 +307,26 @@ def test_genai_tokenizer_cannot_read_the_demo_character_tokenizer(exported):
     assert "Cannot know how to parse line" in done.stderr
 
 
+@pytest.mark.slow
+@needs_genai
+@needs_library
+def test_float16_export_in_genai_and_optimum(exported, tmp_path):
+    """Half-precision weights and cache: both clients still generate our tokens."""
+    model_pt, _, _ = exported("llama")
+    directory = tmp_path / "onnx"
+    export_model(model_pt, directory, ExportOptions(dtype="float16", verify=False, qasm=False))
+    prompts = _prompt_ids(directory)
+    ours = _ours(directory, prompts, kernels=True)
+    got = _genai("generate", str(directory), json.dumps(prompts), str(NEW_TOKENS))
+    assert got["tokens"] == ours
+    if OPTIMUM_PYTHON.is_file() or os.environ.get("CI"):  # (as needs_optimum)
+        texts = json.dumps(PROMPTS)
+        got = _client(
+            OPTIMUM_PYTHON, "optimum_client.py", "generate", str(directory), texts, str(NEW_TOKENS)
+        )
+        assert got["tokens"] == _ours(directory, got["encode"], kernels=True)
+
+
 # --- Hugging Face Optimum (transformers 4.57, its own environment) -------------------------
 
 
@@ -413,3 +442,54 @@ def test_smollm2_tokenizer_in_transformers_4_equals_transformers_5(smollm2_token
     assert got["encode"] == expected["encode"]
     assert got["decode"] == expected["decode"]
     assert got["chat"] == expected["chat"]
+
+
+# --- docs/stock-runtimes.md's snippets, run as printed -------------------------------------
+
+DOC = REPO / "docs" / "stock-runtimes.md"
+DOC_DIRECTORY = "runs/demo/onnx"
+DOC_PROMPT = "12+34="
+
+
+def _doc_snippet(marker: str) -> str:
+    """The one ```python block of the doc that contains ``marker``."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"{DOC.name}: {len(found)} python blocks contain {marker!r}"
+    assert DOC_DIRECTORY in found[0] and DOC_PROMPT in found[0]
+    return found[0]
+
+
+def _run_snippet(python: str | Path, code: str, directory: Path) -> str:
+    code = code.replace(DOC_DIRECTORY, str(directory))
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"the snippet failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+def _our_text(directory: Path, kernels: bool, bos: bool) -> str:
+    from tokenizers import Tokenizer
+
+    session = QWTHNSession(directory, kernels=kernels)
+    ids = session.encode(DOC_PROMPT)
+    ids = ids if bos else ids[1:]
+    new = session.generate_ids([ids], GenerationConfig(max_new_tokens=32))[0]
+    return Tokenizer.from_file(str(directory / TOKENIZER)).decode(new)
+
+
+@pytest.mark.parametrize("library", [pytest.param(True, marks=needs_library), False])
+@pytest.mark.parametrize(
+    "runtime", ["ort.InferenceSession", pytest.param("onnxruntime_genai", marks=needs_genai)]
+)
+def test_doc_snippets_print_our_answer(exported, no_library_export, runtime, library):
+    directory = exported("llama")[1].directory if library else no_library_export
+    printed = _run_snippet(sys.executable, _doc_snippet(runtime), directory)
+    assert printed and printed == _our_text(directory, kernels=library, bos=True)
+
+
+@needs_optimum
+@needs_library
+def test_doc_optimum_snippet_prints_our_answer(exported):
+    directory = exported("llama")[1].directory
+    printed = _run_snippet(OPTIMUM_PYTHON, _doc_snippet("ORTModelForCausalLM"), directory)
+    assert printed and printed == _our_text(directory, kernels=True, bos=False)
