@@ -48,7 +48,7 @@ from serving.generation import (
     plan_prompt,
 )
 from serving.middleware import CLIENT_GONE
-from serving.protocol import MAX_STOP_LENGTH, MAX_STOP_STRINGS, sampling_config
+from serving.protocol import StopString, StopStrings, sampling_config
 from serving.schema import body_docs
 from serving.streaming import SSE_HEADERS, merged_events, sse, unless_disconnected
 
@@ -67,14 +67,6 @@ __all__ = [
 # Choices of one request (prompts x n): each is a generation of its own, with its own KV cache.
 MAX_CHOICES = 16
 _OWNER = "qwthn-serve"
-Stop = (
-    Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
-    | Annotated[
-        list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]],
-        Field(max_length=MAX_STOP_STRINGS),
-    ]
-    | None
-)
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -129,7 +121,7 @@ class _Request(BaseModel):
     top_k: Annotated[int, Field(description="vLLM's extension; 0 or -1: off")] | None = None
     n: Annotated[int, Field(ge=1)] | None = None
     seed: int | None = None
-    stop: Stop = None
+    stop: StopString | StopStrings | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     # Accepted and ignored: bookkeeping that does not change the answer.
@@ -194,7 +186,7 @@ class CompletionRequest(_Request):
     }
 
     @property
-    def max_new_tokens(self) -> tuple[int | None, str]:
+    def token_limit(self) -> tuple[int | None, str]:
         return self.max_tokens, "max_tokens"
 
 
@@ -270,7 +262,7 @@ class ChatCompletionRequest(_Request):
     }
 
     @property
-    def max_new_tokens(self) -> tuple[int | None, str]:
+    def token_limit(self) -> tuple[int | None, str]:
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens, "max_completion_tokens"
         return self.max_tokens, "max_tokens"
@@ -314,8 +306,6 @@ def _chat_ids(model: ServedModel, request: ChatCompletionRequest) -> list[int]:
         with model._encode_lock:
             return chat_prompt_ids(messages, model.session.tokenizer)
     except ValueError as e:  # DataError: an unknown role, a template that fails
-        if isinstance(e, ServingError):
-            raise
         raise BadRequestError(str(e), param="messages") from e
 
 
@@ -344,7 +334,7 @@ def _plan(
     BadRequestError names what is wrong."""
     request.refuse_unsupported()
     n = request.choices_per_prompt
-    tokens, tokens_param = request.max_new_tokens
+    tokens, tokens_param = request.token_limit
     config = sampling_config(
         max_tokens=tokens if tokens is not None else kind.default_max_tokens or max_tokens,
         temperature=1.0 if request.temperature is None else request.temperature,

@@ -295,9 +295,8 @@ class GenerateResponse(BaseModel):
     )
 
 
-StopStrings = Annotated[
-    list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]], Field(max_length=MAX_STOP_STRINGS)
-]
+StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
+StopStrings = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 
 
 def sampling_config(
@@ -342,7 +341,7 @@ class TritonParameters(BaseModel):
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
-    stop: StopStrings | Annotated[str, Field(max_length=MAX_STOP_LENGTH)] = []
+    stop: StopStrings | StopString = []
     stream: bool | None = None
     exclude_input_in_output: bool = False
 
