@@ -6,13 +6,13 @@ import torch
 
 from qwthn_onnx.cli.run import main as run_main
 from qwthn_onnx.ops.fallback import FallbackMismatchError
+from qwthn_onnx.runtime import ExportIntegrityError, check_export_integrity
 from qwthn_onnx.runtime.generation import (
     GenerationConfig,
     GenerationError,
     _filtered_probabilities,
     next_tokens,
 )
-from qwthn_onnx.runtime import ExportIntegrityError, check_export_integrity
 from qwthn_onnx.runtime.session import FallbackWarning, QWTHNSession
 
 
