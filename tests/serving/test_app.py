@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from qwthn_onnx.chat import Message, chat_prompt_ids
-from qwthn_onnx.runtime.generation import GenerationConfig
 from serving import Settings, create_app
 from tests.serving.conftest import MODEL_DIR_NAME, ids_input
 
@@ -163,9 +162,7 @@ def test_a_chat_uses_the_models_chat_template_when_it_has_one(repository, model,
         answer = _openai(client).chat.completions.create(
             model=MODEL_DIR_NAME, messages=messages, max_tokens=4, temperature=0
         )
-    expected = model.session.generate_ids([templated], GenerationConfig(max_new_tokens=4))[0]
-    assert answer.usage.prompt_tokens == len(templated)
-    assert answer.usage.completion_tokens == len(expected)
-    assert answer.choices[0].message.content == model.session.tokenizer.decode(
-        expected, skip_special_tokens=True
-    )
+    (expected,) = model.session.chat([[Message(**m) for m in messages]], 4)
+    assert answer.usage.prompt_tokens == expected.prompt_tokens == len(templated)
+    assert answer.usage.completion_tokens == len(expected.token_ids)
+    assert answer.choices[0].message.content == expected.text

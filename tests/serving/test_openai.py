@@ -37,6 +37,10 @@ def http(server):
         yield c
 
 
+def _turns(messages: list[dict]) -> list[Message]:
+    return [Message(m["role"], m["content"]) for m in messages]
+
+
 def _usage(usage) -> tuple[int, int, int]:
     return usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
 
@@ -166,9 +170,10 @@ def test_a_streamed_completion_adds_up_to_the_answer(client):
 
 
 def test_a_chat_prompt_is_laid_out_as_in_training_and_answered_as_the_session(client, reference):
-    ids = chat_prompt_ids([Message(m["role"], m["content"]) for m in MESSAGES], reference.tokenizer)
-    assert ids == reference.encode(PLAIN)
-    expected = reference.generate(PLAIN, 20)
+    ids = chat_prompt_ids(_turns(MESSAGES), reference.tokenizer)
+    assert ids == reference.encode(PLAIN)  # the plain layout: the tokenizer has no template
+    (expected,) = reference.chat([_turns(MESSAGES)], 20)
+    assert expected == reference.generate(PLAIN, 20)
     answer = client.chat.completions.create(
         model="tiny", messages=MESSAGES, max_tokens=20, **GREEDY
     )
@@ -191,7 +196,7 @@ def test_a_chat_prompt_is_laid_out_as_in_training_and_answered_as_the_session(cl
 def test_a_chat_without_max_tokens_runs_to_the_context(client, reference):
     answer = client.chat.completions.create(model="tiny", messages=MESSAGES, **GREEDY)
     # The server's --max-tokens (200), which the context (128) ends first.
-    expected = reference.generate(PLAIN, MAX_TOKENS)
+    (expected,) = reference.chat([_turns(MESSAGES)], MAX_TOKENS)
     assert expected.finish_reason == "length" and reference.max_length < MAX_TOKENS
     assert answer.choices[0].message.content == expected.text
     assert answer.usage.completion_tokens == len(expected.token_ids)
@@ -205,7 +210,7 @@ def test_seeded_chat_choices_are_reproducible(client, reference):
     contents = [c.message.content for c in first.choices]
     assert contents == [c.message.content for c in second.choices]
     expected = [
-        reference.generate(PLAIN, 15, do_sample=True, temperature=0.7, seed=3 + i).text
+        reference.chat([_turns(MESSAGES)], 15, do_sample=True, temperature=0.7, seed=3 + i)[0].text
         for i in range(2)
     ]
     assert contents == expected
@@ -481,8 +486,12 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, ht
 
     texts = asyncio.run(run())
     for (prompt, tokens, chat, _), text in zip(requests, texts, strict=True):
-        laid_out = f"User: {prompt}\nAssistant: " if chat else prompt
-        assert text == reference.generate(laid_out, tokens, do_sample=True, seed=tokens).text
+        sampled = {"do_sample": True, "seed": tokens}
+        if chat:
+            (expected,) = reference.chat([[Message("user", prompt)]], tokens, **sampled)
+        else:
+            expected = reference.generate(prompt, tokens, **sampled)
+        assert text == expected.text
     calls, sequences = (metric(http, n, **TINY) - b for n, b in zip(batches, before, strict=True))
     assert calls > 0 and sequences / calls > 1.5  # decoded together: 4 at a time mostly
 
