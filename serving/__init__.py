@@ -1,4 +1,5 @@
-"""Serving exported QWTHN models: an Open Inference Protocol v2 (KServe v2) REST server.
+"""Serving exported QWTHN models: an Open Inference Protocol v2 (KServe v2) REST server that
+also speaks OpenAI's API and Triton's generate, configuration and statistics extensions.
 
 - ``repository``: one export directory or a Triton-like ``<repo>/<model>/<version>/`` layout.
 - ``model``: a loaded version, its tensors in protocol terms, request checks and the inputs the
@@ -10,8 +11,13 @@
 - ``scheduler``: fair scheduling of generation: a worker thread per model version steps the
   active requests round-robin, a token each.
 - ``app``: ``create_app(repository, settings)``, the FastAPI app (health, metadata, inference,
-  text generation with server-sent events, OpenQASM programs, Prometheus ``/metrics``, OpenAPI
-  ``/docs``); ``middleware``, ``metrics`` and ``errors`` serve it.
+  text generation with server-sent events, OpenQASM programs, Triton's model configuration and
+  statistics, Prometheus ``/metrics``, OpenAPI ``/docs``); ``middleware``, ``metrics``,
+  ``errors``, ``streaming`` (server-sent events, disconnects) and ``schema`` (OpenAPI bodies)
+  serve it.
+- ``openai``: the OpenAI-compatible ``/v1`` API (models, completions, chat completions) on the
+  same generation path.
+- ``pbtxt``: reads a Triton ``config.pbtxt`` (protobuf text format) without protobuf.
 - ``cli``: ``qwthn-serve`` / ``python -m serving``.
 - ``testing``: a real server process for tests and benchmarks (start, wait ready, read its
   resources from ``/proc``, stop with SIGTERM).

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from qwthn_onnx.chat import Message, chat_prompt_ids
 from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.session import QWTHNSession
 from qwthn_onnx.runtime.signature import (
@@ -250,6 +251,12 @@ class ServedModel:
         """The prompt's token ids, bos first, as ``QWTHNSession.encode`` gives them."""
         with self._encode_lock:
             return self.session.encode(prompt)
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt of the next assistant turn, laid out as training laid it out
+        (:func:`qwthn_onnx.chat.chat_prompt_ids`); DataError for a conversation it refuses."""
+        with self._encode_lock:
+            return chat_prompt_ids(list(messages), self.session.tokenizer)
 
     def decode(self, ids: Sequence[int], skip: Collection[int]) -> str:
         """The text of generated ``ids`` without the ``skip`` (stop) tokens, decoded as

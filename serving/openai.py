@@ -295,16 +295,14 @@ _CHAT = _Kind(
 
 def _chat_ids(model: ServedModel, request: ChatCompletionRequest) -> list[int]:
     """The prompt of the next assistant turn, laid out as training laid it out."""
-    from qwthn_onnx.chat import ROLE_ALIASES, Message, chat_prompt_ids
+    from qwthn_onnx.chat import ROLE_ALIASES, Message
 
     try:
         messages = [
             Message(ROLE_ALIASES.get(m.role, m.role), m.text(i))
             for i, m in enumerate(request.messages)
         ]
-        # The tokenizer is not to be used from two threads at once: under the model's lock.
-        with model._encode_lock:
-            return chat_prompt_ids(messages, model.session.tokenizer)
+        return model.encode_chat(messages)
     except ValueError as e:  # DataError: an unknown role, a template that fails
         raise BadRequestError(str(e), param="messages") from e
 
