@@ -55,7 +55,7 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 import qwthn_onnx
 from exporters.causal_lm import CacheGeometry
 from exporters.export import ExportOptions, export_model
-from exporters.onnx_export import export_causal_lm
+from exporters.onnx_export import ExportedGraph, export_causal_lm, save_onnx
 from qwthn_onnx import QWTHNConfig, QWTHNModel, save_model_pt
 from qwthn_onnx.demo import DEMO_ADAPTER, build_char_tokenizer, build_tiny_model
 from qwthn_onnx.runtime.signature import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, past_names
@@ -135,8 +135,9 @@ def export_adapted(model: QWTHNModel, directory: Path, verify: bool) -> tuple[Pa
 def export_base(base: nn.Module, path: Path) -> float:
     """The base alone, through the exporter's own graph export (no ai.qwthn nodes); seconds."""
     start = time.perf_counter()
-    proto, _ = export_causal_lm(base)
-    onnx.save_model(proto, str(path))
+    proto, weights, module, _ = export_causal_lm(base)
+    vocab = base.get_output_embeddings().weight.shape[0]
+    save_onnx(ExportedGraph(proto, weights, module, module.geometry, vocab), path, None)
     return time.perf_counter() - start
 
 

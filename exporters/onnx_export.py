@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir
+import onnx_ir.convenience
 import torch
 from torch import nn
 
@@ -207,13 +209,49 @@ def _detach_weights(
             value.const_value = weights[name]
 
 
+def _fold_weight_transposes(graph: onnx_ir.Graph) -> list[str]:
+    """``Transpose(W)`` of a 2-D initializer used by nothing else becomes the initializer
+    ``W^T`` (computed while it is written, one tensor at a time), under W's name so the
+    state-dict map still finds it; returns those names.
+
+    With ``optimize=False`` every linear layer reads its weight through a Transpose, which
+    onnxruntime would otherwise constant-fold at every session start (SmolLM2: 330 of them,
+    a third of the load time) into a second copy of the weights.
+    """
+    folded = []
+    for node in list(graph):
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+            continue
+        value = node.inputs[0]
+        if value is None or not value.is_initializer() or len(value.uses()) != 1:
+            continue
+        tensor = value.const_value
+        perm = node.attributes.get("perm")
+        if tensor is None or len(tensor.shape) != 2 or (perm and list(perm.as_ints()) != [1, 0]):
+            continue
+
+        def transposed(
+            tensor: onnx_ir.TensorProtocol = tensor, name: str | None = value.name
+        ) -> onnx_ir.TensorProtocol:
+            return onnx_ir.tensor(np.ascontiguousarray(tensor.numpy().T), name=name)
+
+        shape = onnx_ir.Shape([tensor.shape[1], tensor.shape[0]])
+        value.const_value = onnx_ir.LazyTensor(transposed, tensor.dtype, shape, name=value.name)
+        value.shape = shape
+        onnx_ir.convenience.replace_all_uses_with(node.outputs[0], value)
+        graph.remove(node, safe=True)
+        folded.append(value.name)
+    return folded
+
+
 def export_causal_lm(
     base: nn.Module, opset: int = DEFAULT_OPSET
-) -> tuple[onnx.ModelProto, dict[str, onnx_ir.TensorProtocol], CausalLMWithCache]:
+) -> tuple[onnx.ModelProto, dict[str, onnx_ir.TensorProtocol], CausalLMWithCache, list[str]]:
     """The KV-cache graph of a causal LM (adapted or not), before fallbacks and metadata.
 
     Returns the ``ModelProto`` (initializers without data, see :class:`ExportedGraph`), the
-    initializer tensors by name, and the :class:`CausalLMWithCache` it was traced from.
+    initializer tensors by name, the :class:`CausalLMWithCache` it was traced from, and the
+    initializers stored transposed (:func:`_fold_weight_transposes`).
     """
     check_opset(opset)
     base.eval()
@@ -253,10 +291,11 @@ def export_causal_lm(
                 f"torch.onnx.export failed for {type(base).__name__}: "
                 f"{type(cause).__name__}: {summary}"
             ) from e
+    transposed = _fold_weight_transposes(program.model.graph)
     proto, weights = _detach_weights(program)
     _name_dims(proto)
     _strip_trace_info(proto)
-    return proto, weights, module
+    return proto, weights, module, transposed
 
 
 def export_graph(
@@ -271,7 +310,7 @@ def export_graph(
     """
     base: nn.Module = model.base_model
     check_architecture(type(base).__name__)
-    proto, weights, module = export_causal_lm(base, opset)
+    proto, weights, module, transposed = export_causal_lm(base, opset)
     geometry, vocab = module.geometry, base.get_output_embeddings().weight.shape[0]
     if fallback:
         attach_fallbacks(proto)  # also imports the ai.qwthn opset
@@ -283,6 +322,7 @@ def export_graph(
         "head_dim": geometry.head_dim,
     }
     metadata.weights = _weights_map(module, set(weights))
+    metadata.transposed_weights = transposed
     metadata.attach(proto)
     proto.producer_name = "qwthn-onnx"
     proto.producer_version = metadata.producer.get("version", "")

@@ -50,7 +50,8 @@ def _base_model(meta: ExportMetadata, graph: onnx.GraphProto) -> torch.nn.Module
     if not isinstance(dtype, torch.dtype):
         raise MetadataError(f"base_model.dtype {base['dtype']!r} is not a torch dtype")
     config = base_config(base["config_json"], "qwthn.base_model")
-    dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    transposed = set(meta.transposed_weights)
+    dims = {t.name: tuple(t.dims)[:: -1 if t.name in transposed else 1] for t in graph.initializer}
     shapes = {key: dims[name] for key, name in meta.weights.items() if name in dims}
     check_weights_fit(config, shapes, dtype, "qwthn.base_model")
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -95,14 +96,16 @@ def _state_dict(graph: onnx.GraphProto, model: QWTHNModel, meta: ExportMetadata)
             f"metadata weights do not fit the model: missing {missing[:5]}, unknown {unknown[:5]}"
         )
     state: dict[str, torch.Tensor] = {}
+    transposed = set(meta.transposed_weights)
     for key, init_name in meta.weights.items():
         if init_name not in initializers:
             raise ImportError_(f"weight {key}: initializer {init_name!r} is not in the graph")
         initializer, expected = initializers[init_name], own[key]
-        if tuple(initializer.dims) != tuple(expected.shape):  # checked before any allocation
+        shape = list(expected.shape)[::-1] if init_name in transposed else list(expected.shape)
+        if list(initializer.dims) != shape:  # checked before any allocation
             raise ImportError_(
                 f"weight {key}: initializer {init_name!r} has shape {list(initializer.dims)}, "
-                f"the model expects {list(expected.shape)}"
+                f"the model expects {shape}"
             )
         try:
             array = numpy_helper.to_array(initializer)
@@ -111,6 +114,8 @@ def _state_dict(graph: onnx.GraphProto, model: QWTHNModel, meta: ExportMetadata)
                 f"weight {key}: initializer {init_name!r} does not hold the data its shape and "
                 f"type say ({e}); the file is damaged"
             ) from e
+        if init_name in transposed:
+            array = array.T
         tensor = torch.from_numpy(np.array(array, copy=True))
         if tensor.dtype != expected.dtype:
             raise ImportError_(f"weight {key}: dtype {tensor.dtype}, expected {expected.dtype}")

@@ -23,7 +23,24 @@ also speaks OpenAI's API and Triton's generate, configuration and statistics ext
   resources from ``/proc``, stop with SIGTERM).
 """
 
-from serving.app import Settings, create_app
-from serving.repository import ModelRepository, RepositoryError, discover
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): the CLI reads the repository and starts loading models
+# before the web stack (FastAPI, pydantic) is imported.
+_LAZY = {
+    "Settings": "serving.app",
+    "create_app": "serving.app",
+    "ModelRepository": "serving.repository",
+    "RepositoryError": "serving.repository",
+    "discover": "serving.repository",
+}
 
 __all__ = ["ModelRepository", "RepositoryError", "Settings", "create_app", "discover"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -13,6 +13,7 @@ import logging
 import logging.config
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -169,15 +170,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qwthn-serve: error: {e}", file=sys.stderr)
         return 2
 
+    config = log_config(args.log_level)
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)  # e.g. the kernels' FallbackWarning, in the log
+    # The models load (integrity check, then onnxruntime, which releases the GIL) in a thread
+    # while this one imports the web stack: a large export is ready ~0.6 s sooner.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwthn-load")
+    loading = loader.submit(lambda: [load_model(s, args.threads) for s in sources])
+    loader.shutdown(wait=False)
+
     import uvicorn
 
     from serving.app import Settings, create_app
 
-    config = log_config(args.log_level)
-    logging.config.dictConfig(config)
-    logging.captureWarnings(True)  # e.g. the kernels' FallbackWarning, in the log
     try:
-        repository = ModelRepository([load_model(s, args.threads) for s in sources])
+        repository = ModelRepository(loading.result())
     except RepositoryError as e:
         print(f"qwthn-serve: error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ with a copy of its own: decoding never waits for a long prompt to be encoded.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from qwthn_onnx.runtime.signature import (
     position_ids,
     present_names,
 )
+from qwthn_onnx.runtime.tokenizer import Tokenizer
 from serving.errors import BadRequestError, NotFoundError, ServingError
 from serving.protocol import NUMPY_DTYPES, RequestInput, RequestOutput, decode_tensor
 
@@ -109,7 +109,6 @@ class ServedModel:
         first = {spec.dims[0] if spec.dims else None for spec in self._specs()}
         self.batch_major = len(first) == 1 and isinstance(next(iter(first)), str)
         self._encode_lock = threading.Lock()
-        self._decoder: Any | None = None
 
     def _specs(self) -> list[TensorSpec]:
         return [*self.inputs.values(), *self.outputs.values()]
@@ -240,12 +239,11 @@ class ServedModel:
             )
         return None
 
-    def load_tokenizers(self) -> Any:
-        """Load the tokenizer and the scheduler's copy (returned) now, not in a first request."""
-        with self._encode_lock:
-            if self._decoder is None:
-                self._decoder = copy.deepcopy(self.session.tokenizer)
-            return self._decoder
+    def load_tokenizer(self) -> Tokenizer:
+        """Load the tokenizer now, not in a first request. One instance serves every thread:
+        it is never changed after loading, and the Rust tokenizer's encode and decode only
+        read it."""
+        return self.session.tokenizer
 
     def encode(self, prompt: str) -> list[int]:
         """The prompt's token ids, bos first, as ``QWTHNSession.encode`` gives them."""
@@ -260,9 +258,9 @@ class ServedModel:
 
     def decode(self, ids: Sequence[int], skip: Collection[int]) -> str:
         """The text of generated ``ids`` without the ``skip`` (stop) tokens, decoded as
-        ``QWTHNSession.generate`` does. Only the generation scheduler's thread may call it."""
-        decoder = self._decoder if self._decoder is not None else self.load_tokenizers()
-        return decoder.decode([t for t in ids if t not in skip], skip_special_tokens=True)
+        ``QWTHNSession.generate`` does."""
+        kept = [t for t in ids if t not in skip]
+        return self.session.tokenizer.decode(kept, skip_special_tokens=True)
 
     def metadata(self, versions: Sequence[int], extra: dict[str, Any]) -> dict[str, Any]:
         """The ``$metadata_model_response`` of this version (``extra`` joins ``parameters``)."""

@@ -38,6 +38,7 @@ _JSON_FIELDS = (
     "tokenizer",
     "training",
 )
+_OPTIONAL_JSON_FIELDS = {"transposed_weights": list}  # absent from older files
 
 
 class MetadataError(ValueError):
@@ -82,6 +83,9 @@ class ExportMetadata:
     - ``circuits``: adapted module name -> circuit IR (``Circuit.to_dict()``).
     - ``cache``: ``{num_layers, num_kv_heads, head_dim}`` of the KV-cache inputs/outputs.
     - ``weights``: state-dict key of the adapted model -> ONNX initializer holding it.
+    - ``transposed_weights``: initializers that hold their state-dict tensor transposed (the
+      linear layers' weights, stored as the graph multiplies by them). Optional on reading:
+      files written before it hold none.
     - ``tokenizer``: :func:`encode_files` of the tokenizer's files, or None.
     """
 
@@ -93,6 +97,7 @@ class ExportMetadata:
     weights: dict[str, str]
     tokenizer: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    transposed_weights: list[str] = field(default_factory=list)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -100,7 +105,7 @@ class ExportMetadata:
             _PREFIX + "format_version": str(METADATA_VERSION),
         }
         data = asdict(self)
-        for name in _JSON_FIELDS:
+        for name in (*_JSON_FIELDS, *_OPTIONAL_JSON_FIELDS):
             props[_PREFIX + name] = json.dumps(data[name], sort_keys=True)
         return props
 
@@ -134,9 +139,11 @@ class ExportMetadata:
                 f"reads {METADATA_VERSION}); upgrade qwthn-onnx"
             )
         values: dict[str, Any] = {}
-        for name in _JSON_FIELDS:
+        for name in (*_JSON_FIELDS, *_OPTIONAL_JSON_FIELDS):
             key = _PREFIX + name
             if key not in props:
+                if name in _OPTIONAL_JSON_FIELDS:
+                    continue
                 raise MetadataError(f"{where}: metadata entry '{key}' is missing")
             try:
                 values[name] = json.loads(props[key])
@@ -151,10 +158,13 @@ class ExportMetadata:
             "weights": dict,
             "tokenizer": (dict, type(None)),
             "training": dict,
+            **_OPTIONAL_JSON_FIELDS,
         }
         for name, kind in expected.items():
-            if not isinstance(values[name], kind):
+            if name in values and not isinstance(values[name], kind):
                 raise MetadataError(f"{where}: metadata entry '{_PREFIX}{name}' has the wrong type")
+        if not all(isinstance(n, str) for n in values.get("transposed_weights", [])):
+            raise MetadataError(f"{where}: '{_PREFIX}transposed_weights' must list names")
         for key in ("architecture", "config_json", "dtype"):
             if not isinstance(values["base_model"].get(key), str):
                 raise MetadataError(f"{where}: '{_PREFIX}base_model' lacks '{key}'")

@@ -10,7 +10,6 @@ results (the tests compare it with transformers on the demo and a real model's t
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -93,16 +92,6 @@ class Tokenizer:
         self.chat_template = _chat_template(files, config)
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
         self._template: Any = None
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Tokenizer:
-        """An independent copy (its own Rust tokenizer), for a second thread to use."""
-        from tokenizers import Tokenizer as RustTokenizer
-
-        clone = copy.copy(self)
-        clone._tokenizer = RustTokenizer.from_str(self._tokenizer.to_str())
-        clone.special_tokens = dict(self.special_tokens)
-        clone._template = None
-        return clone
 
     def __len__(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)

@@ -335,3 +335,35 @@ def test_ablation_fusions_are_refused_with_the_reason(tmp_path, fusion):
         export_model(path, tmp_path / "out")
     assert "'weighted' and 'linear'" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_linear_weights_are_stored_as_the_graph_multiplies_by_them(exported, arch):
+    """No Transpose of a weight is left for onnxruntime to fold at every session start: the
+    initializer holds W^T, the metadata says so, and it is the model's weight transposed. A
+    weight the graph also reads untransposed (tied embeddings) keeps its Transpose."""
+    _, result, model = exported(arch)
+    proto = onnx.load(str(result.directory / "model.onnx"))
+    initializers = {t.name: t for t in proto.graph.initializer}
+    uses = Counter(name for node in proto.graph.node for name in node.input)
+    transposes = [n for n in proto.graph.node if n.op_type == "Transpose"]
+    assert not [n for n in transposes if n.input[0] in initializers and uses[n.input[0]] == 1]
+    meta = ExportMetadata.from_model(proto)
+    state = model.base_model.state_dict()
+    by_name = {name: key for key, name in meta.weights.items()}
+    if arch == "llama":  # nn.Linear weights; GPT-2's Conv1D multiplies untransposed
+        assert len(meta.transposed_weights) >= 4
+    for name in meta.transposed_weights:
+        stored = onnx.numpy_helper.to_array(initializers[name])
+        np.testing.assert_array_equal(stored, state[by_name[name]].numpy().T)
+
+
+def test_metadata_without_transposed_weights_reads_as_none_transposed(exported):
+    _, result, _ = exported("llama")
+    proto = onnx.load(str(result.directory / "model.onnx"), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    del props["qwthn.transposed_weights"]  # as files written before it
+    assert ExportMetadata.from_props(props).transposed_weights == []
+    props["qwthn.transposed_weights"] = json.dumps({"not": "a list"})
+    with pytest.raises(ValueError, match="transposed_weights' has the wrong type"):
+        ExportMetadata.from_props(props)

@@ -197,7 +197,7 @@ def test_the_export_path_uses_no_deprecated_transformers_api(tiny_model, arch):
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
             warnings.simplefilter("error", DeprecationWarning)
-            proto, weights, module = export_causal_lm(base)
+            proto, weights, module, _ = export_causal_lm(base)
             torch_reference(module, build_char_tokenizer(), base.config.vocab_size)
     finally:
         logger.removeHandler(handler)

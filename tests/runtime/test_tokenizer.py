@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 
@@ -95,13 +94,6 @@ def test_a_failing_template_and_unreadable_files_are_named(tokenizer):
         Tokenizer({**files, "tokenizer.json": "{not json"})
     with pytest.raises(TokenizerError, match="not a JSON object"):
         Tokenizer({**files, "tokenizer_config.json": "[1]"})
-
-
-def test_a_deep_copy_is_independent_and_equal(tokenizer):
-    ours = Tokenizer(tokenizer_to_files(tokenizer))
-    clone = copy.deepcopy(ours)
-    assert clone._tokenizer is not ours._tokenizer
-    assert clone.encode("12+3") == ours.encode("12+3")
 
 
 @pytest.mark.slow
