@@ -80,13 +80,14 @@ def is_export_directory(path: str | Path) -> bool:
     return (path / MODEL).exists() or (path / MANIFEST).exists()
 
 
-def model_path(path: str | Path, check: bool = True) -> Path:
+def model_path(path: str | Path, check: bool | None = True) -> Path:
     """``model.onnx`` itself, or the one inside an export directory, whose files are first
-    checked against its manifest (:func:`check_integrity`) unless ``check`` is False."""
+    checked against its manifest (:func:`check_integrity`; ``check=None``: all but the weight
+    data, which the caller checks while onnxruntime loads) unless ``check`` is False."""
     path = Path(path)
     if path.is_dir():
-        if check:
-            check_integrity(path)
+        if check is not False:
+            check_integrity(path, weights=None if check else False)
         path = path / MODEL
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; give model.onnx or a qwthn-export output")
@@ -124,11 +125,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
         ) from e
 
 
-def check_integrity(directory: str | Path) -> None:
+def check_integrity(directory: str | Path, weights: bool | None = None) -> None:
     """Compare every file ``manifest.json`` lists with its recorded size and sha256.
 
     A bit flip that still parses as ONNX would otherwise load and answer wrongly without a
     word; a directory without a manifest (a bare ``model.onnx``) has nothing to check.
+    ``weights``: None checks every file; False all but the external weight data (raw bytes
+    at offsets the checked ``model.onnx`` gives, which no parser reads); True only that data.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -136,7 +139,9 @@ def check_integrity(directory: str | Path) -> None:
         return
     try:
         entries = [
-            (str(name), int(e["bytes"]), str(e["sha256"])) for name, e in manifest["files"].items()
+            (str(name), int(e["bytes"]), str(e["sha256"]))
+            for name, e in manifest["files"].items()
+            if weights is None or (name == MODEL_DATA) == weights
         ]
     except (ValueError, KeyError, TypeError) as e:
         raise ExportIntegrityError(

@@ -11,6 +11,7 @@ import json
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ __all__ = ["FallbackWarning", "Generation", "QWTHNSession"]
 
 class FallbackWarning(RuntimeWarning):
     """The kernel library could not be registered; the standard-op fallbacks run instead."""
+
+
+def _check_in_background(directory: Path) -> Future[None]:
+    """The export's weight data checked against its manifest in a thread (hashing releases
+    the GIL, as onnxruntime does while it builds the session)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwthn-integrity")
+    try:
+        return pool.submit(export_dir.check_integrity, directory, True)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _check_fallbacks(path: Path) -> None:
@@ -71,7 +82,10 @@ class QWTHNSession:
     ) -> None:
         if kernels not in ("auto", True, False):
             raise ValueError(f"kernels must be 'auto', True or False, got {kernels!r}")
-        self.path = export_dir.model_path(path)
+        # The directory's files are checked before onnxruntime parses them; only the weight
+        # data (raw bytes, half a second of hashing for SmolLM2) is checked while it loads.
+        self.path = export_dir.model_path(path, check=None)
+        weights_checked = _check_in_background(self.path.parent) if Path(path).is_dir() else None
         options = ort.SessionOptions()
         self.kernels = False
         if kernels is not False:
@@ -91,8 +105,12 @@ class QWTHNSession:
                 str(self.path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime raises its own exception types
+            if weights_checked is not None:
+                weights_checked.result()  # a damaged export: that error names the cause
             hint = "" if self.kernels else " (the model may have been exported with --no-fallback)"
             raise RuntimeError(f"onnxruntime cannot load {self.path}{hint}: {e}") from e
+        if weights_checked is not None:
+            weights_checked.result()
         # From onnxruntime, which has parsed the file already (a second parse of a big model
         # just for its metadata would cost seconds and its size in memory).
         self.metadata = ExportMetadata.from_props(
