@@ -39,6 +39,7 @@ __all__ = [
     "TOKENIZER",
     "TOKENIZER_CONFIG",
     "OpLibraryWarning",
+    "RuntimeConfigWarning",
     "TokenizerFilesWarning",
     "genai_config",
     "generation_config",
@@ -73,6 +74,10 @@ class TokenizerFilesWarning(UserWarning):
     """The tokenizer's files could not be normalised for stock runtimes."""
 
 
+class RuntimeConfigWarning(UserWarning):
+    """genai_config.json / generation_config.json could not be written for this model."""
+
+
 def _first(config: Mapping[str, Any], *keys: str) -> Any:
     """The first of ``keys`` that ``config`` has (GPT-2 spells hidden_size ``n_embd``, ...)."""
     for key in keys:
@@ -85,7 +90,7 @@ def _special_ids(config: Mapping[str, Any]) -> tuple[int | None, int | list[int]
     """``(bos, eos, pad)`` from the base config; pad falls back to the (first) eos token, as
     our runtime does, since genai and transformers want one for batches."""
     eos = config.get("eos_token_id")
-    if eos is None:
+    if eos is None or eos == []:
         raise ValueError(
             "config.json has no eos_token_id: stock runtimes would never stop generating; set "
             "it on the base model's config before training"
@@ -206,7 +211,8 @@ def normalize_tokenizer_files(files: Mapping[str, str | bytes]) -> dict[str, str
     ``PreTrainedTokenizerFast`` (the same tokenizer.json-backed tokenizer in both). Only
     ``input_ids`` and ``attention_mask`` are model inputs (a ``token_type_ids`` makes
     ``generate`` fail). A chat template saved as ``chat_template.jinja`` is also put into
-    tokenizer_config.json, where genai reads it (transformers reads either).
+    tokenizer_config.json, for older readers (genai 0.18 and
+    transformers 4.57 read the .jinja file themselves).
     """
     out = dict(files)
     if TOKENIZER not in files or TOKENIZER_CONFIG not in files:
@@ -223,8 +229,14 @@ def normalize_tokenizer_files(files: Mapping[str, str | bytes]) -> dict[str, str
         config = json.loads(files[TOKENIZER_CONFIG])
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
-    except ValueError as e:
-        raise ValueError(f"the tokenizer's {TOKENIZER_CONFIG} is not readable: {e}") from e
+    except ValueError as e:  # UnicodeDecodeError included
+        warnings.warn(
+            f"the tokenizer's {TOKENIZER_CONFIG} is not readable ({e}): its files are exported "
+            "as they are, which stock runtimes may not read",
+            TokenizerFilesWarning,
+            stacklevel=2,
+        )
+        return out
     for key in _LOADING_STATE_KEYS:
         config.pop(key, None)
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -264,10 +276,20 @@ def write_runtime_files(
     op library copy into ``directory``; returns the names written."""
     library = _copy_op_library(directory) if op_library else None
     written = [] if library is None else [library]
-    for name, content in (
-        (export_dir.GENAI_CONFIG, genai_config(config, architecture, cache, library)),
-        (export_dir.GENERATION_CONFIG, generation_config(config)),
-    ):
+    try:
+        contents = {
+            export_dir.GENAI_CONFIG: genai_config(config, architecture, cache, library),
+            export_dir.GENERATION_CONFIG: generation_config(config),
+        }
+    except ValueError as e:  # a config stock runtimes cannot be told how to run
+        warnings.warn(
+            f"no {export_dir.GENAI_CONFIG} or {export_dir.GENERATION_CONFIG} in the export: {e}. "
+            "qwthn-run and qwthn-serve run it; onnxruntime-genai and Optimum need them",
+            RuntimeConfigWarning,
+            stacklevel=3,
+        )
+        return written
+    for name, content in contents.items():
         (directory / name).write_text(json.dumps(content, indent=2) + "\n")
         written.append(name)
     return written

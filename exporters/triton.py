@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from qwthn_onnx._io import atomic_directory
 from qwthn_onnx.runtime import export_dir
@@ -315,15 +316,19 @@ def write_model_entry(export: str | Path, options: TritonOptions) -> TritonEntry
     """
     options.validate()
     export = Path(export)
-    if not export.is_dir() or not export_dir.is_export_directory(export):
+    missing = export_dir.missing_files(export)
+    if missing:
         raise TritonRepoError(
-            f"{export} is not an export directory (no {export_dir.MODEL} or "
-            f"{export_dir.MANIFEST}); give a qwthn-export output"
+            f"{export} is not an export directory ({' and '.join(missing)} missing); give a "
+            "qwthn-export output"
         )
     name = options.model_name or export.resolve().name
     check_target(options, name)
     export_dir.check_integrity(export)  # before copying what may be gigabytes
-    model = onnx.load(export / export_dir.MODEL, load_external_data=False)
+    try:
+        model = onnx.load(export / export_dir.MODEL, load_external_data=False)
+    except DecodeError as e:  # a model.onnx the manifest does not list (checked above)
+        raise TritonRepoError(f"{export / export_dir.MODEL} is not an ONNX model ({e})") from e
     config, library = config_pbtxt(model, name, options, source=export.resolve().name)
     library_name = export_dir.library_file_name()
     model_dir = Path(options.repository) / name

@@ -27,7 +27,7 @@ _LAZY = {
     "ModelFileError": "qwthn_onnx.checkpoint",
     "load_model_pt": "qwthn_onnx.checkpoint",
     "save_model_pt": "qwthn_onnx.checkpoint",
-    "DataError": "qwthn_onnx.data",
+    "DataError": "qwthn_onnx.chat",
     "Example": "qwthn_onnx.data",
     "load_examples": "qwthn_onnx.data",
     "split_examples": "qwthn_onnx.data",

@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         repository = ModelRepository(loading.result())
+    except KeyboardInterrupt:  # the loader thread finishes the model it is loading, then exits
+        print("qwthn-serve: interrupted while loading the models", file=sys.stderr)
+        return 130
     except RepositoryError as e:
         print(f"qwthn-serve: error: {e}", file=sys.stderr)
         return 2

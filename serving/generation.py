@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -123,6 +123,8 @@ def plan_generation(
     model's context.
     """
     config = request.generation_config()
+    if not request.token_limit_given:  # a default never exceeds the server's --max-tokens
+        config = replace(config, max_new_tokens=min(config.max_new_tokens, max_tokens))
     check_config(config, max_tokens, request.tokens_param)
     return plan_prompt(model, model.encode(request.prompt), config, request.stop_strings)
 

@@ -6,15 +6,13 @@ only wants logits should not have to build an empty cache, a mask and positions,
 fills what is missing: an empty cache (past length 0), an all-ones mask, and positions from the
 mask (0..S-1 for a prefill), exactly as ``QWTHNSession.generate`` would.
 
-For text generation a version also encodes prompts and decodes new tokens. A Hugging Face fast
-tokenizer must not be used from two threads at once (it fails with "Already borrowed"), so
-prompts are encoded one at a time under a lock, and the generation scheduler's thread decodes
-with a copy of its own: decoding never waits for a long prompt to be encoded.
+For text generation a version also encodes prompts and decodes new tokens with the export's
+tokenizer (:class:`qwthn_onnx.runtime.tokenizer.Tokenizer`). One instance serves every thread:
+nothing changes it after loading, and the Rust tokenizer's encode and decode only read it.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from qwthn_onnx.runtime.signature import (
     position_ids,
     present_names,
 )
-from qwthn_onnx.runtime.tokenizer import Tokenizer
+from qwthn_onnx.runtime.tokenizer import Tokenizer, TokenizerError
 from serving.errors import BadRequestError, NotFoundError, ServingError
 from serving.protocol import NUMPY_DTYPES, RequestInput, RequestOutput, decode_tensor
 
@@ -108,7 +106,6 @@ class ServedModel:
         # Requests merge on dim 0 only when every tensor is batch-major along one named dim.
         first = {spec.dims[0] if spec.dims else None for spec in self._specs()}
         self.batch_major = len(first) == 1 and isinstance(next(iter(first)), str)
-        self._encode_lock = threading.Lock()
 
     def _specs(self) -> list[TensorSpec]:
         return [*self.inputs.values(), *self.outputs.values()]
@@ -237,6 +234,10 @@ class ServedModel:
                 f"{self.label} carries no tokenizer (its export has none), so it cannot encode "
                 f"a prompt; send token ids to /infer instead"
             )
+        try:
+            self.session.tokenizer  # noqa: B018 - loaded once; its errors say what is wrong
+        except TokenizerError as e:
+            return f"{self.label}: {e}"
         return None
 
     def load_tokenizer(self) -> Tokenizer:
@@ -247,14 +248,12 @@ class ServedModel:
 
     def encode(self, prompt: str) -> list[int]:
         """The prompt's token ids, bos first, as ``QWTHNSession.encode`` gives them."""
-        with self._encode_lock:
-            return self.session.encode(prompt)
+        return self.session.encode(prompt)
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         """The prompt of the next assistant turn, laid out as training laid it out
         (:func:`qwthn_onnx.chat.chat_prompt_ids`); DataError for a conversation it refuses."""
-        with self._encode_lock:
-            return chat_prompt_ids(list(messages), self.session.tokenizer)
+        return chat_prompt_ids(list(messages), self.session.tokenizer)
 
     def decode(self, ids: Sequence[int], skip: Collection[int]) -> str:
         """The text of generated ``ids`` without the ``skip`` (stop) tokens, decoded as

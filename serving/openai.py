@@ -334,7 +334,10 @@ def _plan(
     n = request.choices_per_prompt
     tokens, tokens_param = request.token_limit
     config = sampling_config(
-        max_tokens=tokens if tokens is not None else kind.default_max_tokens or max_tokens,
+        # a default never exceeds the server's --max-tokens
+        max_tokens=tokens
+        if tokens is not None
+        else min(kind.default_max_tokens or max_tokens, max_tokens),
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
         top_k=request.top_k or 0,

@@ -127,8 +127,12 @@ def _number(text: str) -> int | float:
     sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text)
     if digits[:2] in ("0x", "0X"):
         return sign * int(digits, 16)
+    if re.fullmatch(r"0[0-7]+", digits):  # protobuf's octal
+        return sign * int(digits, 8)
+    if re.fullmatch(r"0[0-9]+", digits):
+        raise ValueError(f"invalid octal number {text!r}")
     if re.fullmatch(r"[0-9]+", digits):
-        return sign * (int(digits, 8) if len(digits) > 1 and digits[0] == "0" else int(digits))
+        return sign * int(digits)
     return sign * float(digits.rstrip("fF"))
 
 
@@ -147,7 +151,10 @@ def _scalar(tokens: _Tokens) -> Value:
                 tokens.fail(where, f"bad string {part}: {e}")
         return value
     if kind == "number":
-        return _number(text)
+        try:
+            return _number(text)
+        except ValueError as e:
+            tokens.fail(offset, str(e))
     if kind == "ident":
         return Identifier(text)
     tokens.fail(offset, f"expected a value, found {text!r}")

@@ -268,6 +268,11 @@ class GenerateRequest(BaseModel):
     def stop_strings(self) -> list[str]:
         return self.stop
 
+    @property
+    def token_limit_given(self) -> bool:
+        """Whether the client set ``max_new_tokens`` (else the default, capped by the server)."""
+        return "max_new_tokens" in self.model_fields_set
+
     def generation_config(self) -> GenerationConfig:
         """The sampling settings this request asks for (not yet validated)."""
         return GenerationConfig(
@@ -373,6 +378,11 @@ class TritonGenerateRequest(TritonParameters):
     @property
     def prompt(self) -> str:
         return self.text_input
+
+    @property
+    def token_limit_given(self) -> bool:
+        """Whether the client set ``max_tokens`` (else the default, capped by the server)."""
+        return "max_tokens" in self.sampling.model_fields_set
 
     @property
     def stop_strings(self) -> list[str]:

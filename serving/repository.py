@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILES = (export_dir.MODEL, export_dir.MANIFEST)  # what makes a qwthn-export output
+EXPORT_FILES = export_dir.REQUIRED  # what makes a qwthn-export output
 CONFIG_FILE = "config.pbtxt"  # Triton's model configuration, beside the version directories
 _PLATFORM, _BACKEND = "onnxruntime_onnx", "onnxruntime"
 _LAYOUTS = (
@@ -118,7 +118,7 @@ def read_config(model_dir: Path) -> TritonConfig | None:
 
 
 def _check_export(path: Path) -> None:
-    missing = [name for name in EXPORT_FILES if not (path / name).is_file()]
+    missing = export_dir.missing_files(path)
     if missing:
         raise RepositoryError(
             f"{path} is not an export directory: {' and '.join(missing)} missing (expected the "

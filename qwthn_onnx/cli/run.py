@@ -17,6 +17,7 @@ from qwthn_onnx.runtime.generation import GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError
 from qwthn_onnx.runtime.metadata import MetadataError
 from qwthn_onnx.runtime.session import QWTHNSession
+from qwthn_onnx.runtime.tokenizer import TokenizerError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         LibraryNotFoundError,
         MetadataError,
         RuntimeError,
+        TokenizerError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

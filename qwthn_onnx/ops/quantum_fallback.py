@@ -85,7 +85,8 @@ def _frozen(*arrays: np.ndarray) -> None:
 
 
 def _snapped(m: np.ndarray) -> np.ndarray:
-    """Rounding noise of the probes (sin(pi) ~ 1e-16) set to 0, so zero terms stay out."""
+    """Rounding noise (e.g. the 1e-16 imaginary part of exp(i*pi)) set to 0, so a factor that
+    is exactly real stays a real one in the graph."""
     return np.where(np.abs(m.real) < 1e-12, 0, m.real) + 1j * np.where(
         np.abs(m.imag) < 1e-12, 0, m.imag
     )

@@ -35,12 +35,14 @@ __all__ = [
     "MODEL_DATA",
     "QASM_DIR",
     "QASM_INDEX",
+    "REQUIRED",
     "VERIFY",
     "ExportIntegrityError",
     "build_manifest",
     "check_integrity",
     "is_export_directory",
     "library_file_name",
+    "missing_files",
     "model_path",
     "qasm_index",
     "read_manifest",
@@ -74,10 +76,20 @@ class ExportIntegrityError(ValueError):
     """An export directory whose files no longer match its ``manifest.json``."""
 
 
+# What makes a directory a qwthn-export output (both, as files).
+REQUIRED = (MODEL, MANIFEST)
+
+
 def is_export_directory(path: str | Path) -> bool:
-    """Whether ``path`` looks like a qwthn-export output (its model or its manifest is there)."""
+    """Whether ``path`` looks like a qwthn-export output (its model or its manifest is there;
+    :func:`missing_files` then says whether it is a complete one)."""
     path = Path(path)
     return (path / MODEL).exists() or (path / MANIFEST).exists()
+
+
+def missing_files(path: str | Path) -> list[str]:
+    """Which of :data:`REQUIRED` are not files in ``path``."""
+    return [name for name in REQUIRED if not (Path(path) / name).is_file()]
 
 
 def model_path(path: str | Path, check: bool | None = True) -> Path:

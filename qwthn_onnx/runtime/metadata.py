@@ -26,7 +26,10 @@ __all__ = [
 ]
 
 METADATA_FORMAT = "qwthn-onnx/onnx"
-METADATA_VERSION = 1
+# 2: some initializers hold their weight transposed (``transposed_weights``); a file without
+# any is still written as 1, which every reader reads.
+METADATA_VERSION = 2
+_READABLE_VERSIONS = ("1", "2")
 _PREFIX = "qwthn."
 _JSON_FIELDS = (
     "producer",
@@ -102,7 +105,7 @@ class ExportMetadata:
     def to_props(self) -> dict[str, str]:
         props = {
             _PREFIX + "format": METADATA_FORMAT,
-            _PREFIX + "format_version": str(METADATA_VERSION),
+            _PREFIX + "format_version": str(METADATA_VERSION if self.transposed_weights else 1),
         }
         data = asdict(self)
         for name in (*_JSON_FIELDS, *_OPTIONAL_JSON_FIELDS):
@@ -133,10 +136,10 @@ class ExportMetadata:
                 f"'{METADATA_FORMAT}' in its metadata_props)"
             )
         version = props.get(_PREFIX + "format_version")
-        if version != str(METADATA_VERSION):
+        if version not in _READABLE_VERSIONS:
             raise MetadataError(
                 f"{where}: metadata format_version {version!r} is not supported (this version "
-                f"reads {METADATA_VERSION}); upgrade qwthn-onnx"
+                f"reads {' and '.join(_READABLE_VERSIONS)}); upgrade qwthn-onnx"
             )
         values: dict[str, Any] = {}
         for name in (*_JSON_FIELDS, *_OPTIONAL_JSON_FIELDS):

@@ -70,15 +70,14 @@ class Tokenizer:
     def __init__(self, files: Mapping[str, str | bytes]) -> None:
         from tokenizers import Tokenizer as RustTokenizer
 
-        spec = _text(files, "tokenizer.json")
-        if spec is None:
+        if "tokenizer.json" not in files:
             raise TokenizerError(
                 f"the export's tokenizer has no tokenizer.json (files: {sorted(files)}); only "
                 "fast (tokenizers-backed) tokenizers can be served: export a model whose "
                 "tokenizer has a tokenizer.json, or pass token ids"
             )
         try:
-            self._tokenizer = RustTokenizer.from_str(spec)
+            self._tokenizer = RustTokenizer.from_str(_text(files, "tokenizer.json"))
             config = json.loads(_text(files, "tokenizer_config.json") or "{}")
         except Exception as e:  # tokenizers raises its own Exception type
             raise TokenizerError(f"the export's tokenizer files cannot be read: {e}") from e
@@ -89,7 +88,10 @@ class Tokenizer:
             token = _token_text(config.get(name))
             if token is not None:
                 self.special_tokens[name] = token
-        self.chat_template = _chat_template(files, config)
+        try:
+            self.chat_template = _chat_template(files, config)
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"the export's chat_template.jinja is not UTF-8: {e}") from e
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
         self._template: Any = None
 

@@ -26,6 +26,7 @@ from exporters.runtime_files import (
     TOKENIZER,
     TOKENIZER_CONFIG,
     OpLibraryWarning,
+    RuntimeConfigWarning,
     TokenizerFilesWarning,
     genai_config,
     generation_config,
@@ -254,8 +255,21 @@ def test_normalize_tokenizer_files_without_tokenizer_json_warns_and_keeps_them()
     files = {TOKENIZER_CONFIG: "{}", "spiece.model": b"\x00"}
     with pytest.warns(TokenizerFilesWarning, match="tokenizer.json"):
         assert normalize_tokenizer_files(files) == files
-    with pytest.raises(ValueError, match=r"tokenizer_config\.json is not readable"):
-        normalize_tokenizer_files({TOKENIZER: "{}", TOKENIZER_CONFIG: "[1]"})
+    unreadable = {TOKENIZER: "{}", TOKENIZER_CONFIG: "[1]"}
+    with pytest.warns(TokenizerFilesWarning, match=r"tokenizer_config\.json is not readable"):
+        assert normalize_tokenizer_files(unreadable) == unreadable
+
+
+@pytest.mark.parametrize("eos", [None, []])
+def test_a_config_without_eos_exports_without_the_stock_runtime_configs(tmp_path, eos):
+    """The export still works (our runtime needs no eos); genai and Optimum files are left
+    out with a warning saying why, rather than failing after the whole export has run."""
+    config = {"vocab_size": 80, "max_position_embeddings": 128, "eos_token_id": eos}
+    cache = {"num_layers": 2, "num_kv_heads": 2, "head_dim": 16}
+    with pytest.warns(RuntimeConfigWarning, match="no eos_token_id"):
+        written = write_runtime_files(tmp_path, config, "LlamaForCausalLM", cache, False)
+    assert written == []
+    assert not (tmp_path / export_dir.GENAI_CONFIG).exists()
 
 
 def test_transformers_5_reads_the_exported_tokenizer(exported):

@@ -344,3 +344,14 @@ def test_cli_exports_and_writes_the_entry_checking_the_target_first(tmp_path, ca
     library = Path(get_library_path()).read_bytes()
     assert _tree(repo / "out" / "1") == {LIBRARY: library, **_tree(out)}
     assert _parse((repo / "out" / CONFIG_FILE).read_text()).name == "out"
+
+
+def test_a_directory_without_a_manifest_is_not_taken_for_an_export(tmp_path):
+    """qwthn-serve would refuse such a repository entry, so it is not written (and a damaged
+    model.onnx there is an error, not a protobuf traceback)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / export_dir.MODEL).write_bytes(b"not a protobuf")
+    with pytest.raises(TritonRepoError, match=r"manifest\.json missing"):
+        write_model_entry(bare, TritonOptions(tmp_path / "repo"))
+    assert not (tmp_path / "repo" / "bare").exists()

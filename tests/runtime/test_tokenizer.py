@@ -92,6 +92,8 @@ def test_a_failing_template_and_unreadable_files_are_named(tokenizer):
         Tokenizer({"tokenizer_config.json": "{}"})
     with pytest.raises(TokenizerError, match="cannot be read"):
         Tokenizer({**files, "tokenizer.json": "{not json"})
+    with pytest.raises(TokenizerError, match="cannot be read"):
+        Tokenizer({**files, "tokenizer.json": b"\xff\xfe not utf-8"})
     with pytest.raises(TokenizerError, match="not a JSON object"):
         Tokenizer({**files, "tokenizer_config.json": "[1]"})
 

@@ -116,6 +116,7 @@ MALFORMED = [
     "input [ { name: 'x' } { name: 'y' } ]",
     "dims: [ 1, 2",
     "= 3",
+    "max_batch_size: 08",  # a leading 0 is octal, and 8 is no octal digit
 ]
 
 
