@@ -42,7 +42,7 @@ __all__ = [
     "write_model_entry",
 ]
 
-CONFIG_FILE = "config.pbtxt"
+CONFIG_FILE = export_dir.TRITON_CONFIG
 TRITON_MODEL_ROOT = "/models"  # the mount point of Triton's documented `docker run` examples
 KSERVE_MODEL_ROOT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 
@@ -236,9 +236,9 @@ def config_pbtxt(
     root = PurePosixPath(options.model_root)
     library = str(root / name / str(options.version) / export_dir.library_file_name())
     lines = [
-        f"# Written by qwthn-export{f' from {source}' if source else ''}. Triton's onnxruntime",
-        f"# backend runs {options.version}/{export_dir.MODEL} with the ai.qwthn kernels of the op "
-        "library beside it;",
+        f"# Written by qwthn-export{f' from {_quote(source)}' if source else ''}.",
+        f"# Triton's onnxruntime backend runs {options.version}/{export_dir.MODEL} with the "
+        "ai.qwthn kernels of the op library beside it;",
         "# requests batch together only when their shapes match beyond the batch dimension",
         "# (see qwthn-onnx's docs/triton-kserve.md).",
         f"name: {_quote(name)}",

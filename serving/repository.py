@@ -42,7 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXPORT_FILES = export_dir.REQUIRED  # what makes a qwthn-export output
-CONFIG_FILE = "config.pbtxt"  # Triton's model configuration, beside the version directories
+CONFIG_FILE = export_dir.TRITON_CONFIG  # Triton's model configuration, beside the versions
 _PLATFORM, _BACKEND = "onnxruntime_onnx", "onnxruntime"
 _LAYOUTS = (
     "an export directory (model.onnx + manifest.json, from qwthn-export) or a model repository "

@@ -36,6 +36,7 @@ __all__ = [
     "QASM_DIR",
     "QASM_INDEX",
     "REQUIRED",
+    "TRITON_CONFIG",
     "VERIFY",
     "ExportIntegrityError",
     "build_manifest",
@@ -58,6 +59,9 @@ MANIFEST = "manifest.json"
 VERIFY = "verify.json"
 QASM_DIR = "qasm"
 QASM_INDEX = QASM_DIR + "/index.json"
+# A Triton / KServe repository entry: <repo>/<name>/config.pbtxt beside <name>/<version>/, an
+# export directory (qwthn-export --triton-repo writes it, qwthn-serve reads it).
+TRITON_CONFIG = "config.pbtxt"
 MANIFEST_FORMAT = "qwthn-onnx/export"
 QASM_FORMAT = "qwthn-onnx/qasm"
 FORMAT_VERSION = 1
