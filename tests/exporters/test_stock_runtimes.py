@@ -38,10 +38,9 @@ from qwthn_onnx.runtime.generation import GenerationConfig
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
 from qwthn_onnx.runtime.metadata import ExportMetadata
 from qwthn_onnx.runtime.session import QWTHNSession
+from tests.interop.clients import INTEROP, OPTIMUM_PYTHON, genai, run_client
 
 REPO = Path(__file__).resolve().parents[2]
-INTEROP = REPO / "tests" / "interop"
-OPTIMUM_PYTHON = REPO / ".venvs" / "optimum" / "bin" / "python"
 PROMPTS = ["12+34=", "7&80=", "Hello, world"]
 NEW_TOKENS = 24
 
@@ -61,31 +60,6 @@ needs_optimum = pytest.mark.skipif(
     "tests/interop/optimum_env.sh (.ci/run does)",
 )
 needs_library = pytest.mark.skipif(LIBRARY is None, reason="libqwthn_ops is not built")
-
-
-def _client(python: str | Path, script: str, *args: str) -> dict:
-    """Run a client script; its last stdout line is its JSON answer. A crash (a signal)
-    fails the test with the client's stderr."""
-    if not Path(python).is_file():
-        pytest.fail(f"{python} does not exist: run tests/interop/optimum_env.sh")
-    done = subprocess.run(
-        [str(python), str(INTEROP / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        how = (
-            f"killed by signal {-done.returncode}"
-            if done.returncode < 0
-            else f"exit status {done.returncode}"
-        )
-        pytest.fail(f"{script} {args[0]} failed ({how}):\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _genai(*args: str) -> dict:
-    return _client(sys.executable, "genai_client.py", *args)
 
 
 def _read_json(directory: Path, name: str) -> dict:
@@ -293,14 +267,14 @@ def test_genai_generates_our_tokens_with_the_kernels(exported, arch):
     if not (directory / export_dir.library_file_name()).is_file():
         pytest.skip("libqwthn_ops is not built: the export carries no copy")
     prompts = _prompt_ids(directory)
-    got = _genai("generate", str(directory), json.dumps(prompts), str(NEW_TOKENS))
+    got = genai("generate", str(directory), json.dumps(prompts), str(NEW_TOKENS))
     assert got["tokens"] == _ours(directory, prompts, kernels=True)
 
 
 @needs_genai
 def test_genai_generates_our_tokens_with_the_fallback_functions(no_library_export):
     prompts = _prompt_ids(no_library_export)
-    got = _genai("generate", str(no_library_export), json.dumps(prompts), str(NEW_TOKENS))
+    got = genai("generate", str(no_library_export), json.dumps(prompts), str(NEW_TOKENS))
     assert got["tokens"] == _ours(no_library_export, prompts, kernels=False)
 
 
@@ -331,11 +305,11 @@ def test_float16_export_in_genai_and_optimum(exported, tmp_path):
     export_model(model_pt, directory, ExportOptions(dtype="float16", verify=False, qasm=False))
     prompts = _prompt_ids(directory)
     ours = _ours(directory, prompts, kernels=True)
-    got = _genai("generate", str(directory), json.dumps(prompts), str(NEW_TOKENS))
+    got = genai("generate", str(directory), json.dumps(prompts), str(NEW_TOKENS))
     assert got["tokens"] == ours
     if OPTIMUM_PYTHON.is_file() or os.environ.get("CI"):  # (as needs_optimum)
         texts = json.dumps(PROMPTS)
-        got = _client(
+        got = run_client(
             OPTIMUM_PYTHON, "optimum_client.py", "generate", str(directory), texts, str(NEW_TOKENS)
         )
         assert got["tokens"] == _ours(directory, got["encode"], kernels=True)
@@ -350,7 +324,7 @@ def test_optimum_generates_our_tokens(exported, no_library_export, library):
     """ORTModelForCausalLM + AutoTokenizer from the export directory, generate() fed the
     tokenizer's whole output (a token_type_ids there would make it fail)."""
     directory = exported("llama")[1].directory if library else no_library_export
-    got = _client(
+    got = run_client(
         OPTIMUM_PYTHON,
         "optimum_client.py",
         "generate",
@@ -427,7 +401,7 @@ def smollm2_tokenizer(tmp_path_factory):
 @needs_genai
 def test_smollm2_tokenizer_in_genai_equals_transformers_5(smollm2_tokenizer):
     directory, config, expected = smollm2_tokenizer
-    got = _genai("tokenize", str(directory), json.dumps(SMOLLM2_TEXTS), json.dumps(SMOLLM2_CHAT))
+    got = genai("tokenize", str(directory), json.dumps(SMOLLM2_TEXTS), json.dumps(SMOLLM2_CHAT))
     assert got["encode"] == expected["encode"]
     # og.Tokenizer.decode drops special tokens (transformers keeps them unless told)
     assert got["decode"] == expected["decode_skipping_special"]
@@ -443,7 +417,7 @@ def test_smollm2_tokenizer_in_genai_equals_transformers_5(smollm2_tokenizer):
 @needs_optimum
 def test_smollm2_tokenizer_in_transformers_4_equals_transformers_5(smollm2_tokenizer):
     directory, _, expected = smollm2_tokenizer
-    got = _client(
+    got = run_client(
         OPTIMUM_PYTHON,
         "optimum_client.py",
         "tokenize",
