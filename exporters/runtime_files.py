@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qwthn_onnx.runtime import export_dir
+from qwthn_onnx.runtime.export_dir import CHAT_TEMPLATE, TOKENIZER, TOKENIZER_CONFIG
 from qwthn_onnx.runtime.generation import GenerationConfig
 from qwthn_onnx.runtime.library import LibraryNotFoundError, get_library_path
 from qwthn_onnx.runtime.signature import (
@@ -47,9 +48,6 @@ __all__ = [
     "write_runtime_files",
 ]
 
-TOKENIZER = "tokenizer.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-CHAT_TEMPLATE = "chat_template.jinja"  # where transformers >= 4.5x saves a single template
 
 # Our supported architectures -> onnxruntime-genai model types (its src/models/model_type.h).
 # GPT-2 is "decoder", genai's generic decoder-only type: genai's own "gpt2" type expects one

@@ -27,6 +27,7 @@ from typing import Any
 from qwthn_onnx._io import file_sha256
 
 __all__ = [
+    "CHAT_TEMPLATE",
     "CONFIG",
     "GENAI_CONFIG",
     "GENERATION_CONFIG",
@@ -36,6 +37,8 @@ __all__ = [
     "QASM_DIR",
     "QASM_INDEX",
     "REQUIRED",
+    "TOKENIZER",
+    "TOKENIZER_CONFIG",
     "TRITON_CONFIG",
     "VERIFY",
     "ExportIntegrityError",
@@ -57,6 +60,9 @@ GENERATION_CONFIG = "generation_config.json"
 GENAI_CONFIG = "genai_config.json"
 MANIFEST = "manifest.json"
 VERIFY = "verify.json"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
 QASM_DIR = "qasm"
 QASM_INDEX = QASM_DIR + "/index.json"
 # A Triton / KServe repository entry: <repo>/<name>/config.pbtxt beside <name>/<version>/, an

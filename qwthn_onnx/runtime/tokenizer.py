@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from qwthn_onnx.runtime.export_dir import CHAT_TEMPLATE, TOKENIZER, TOKENIZER_CONFIG
+
 __all__ = ["Tokenizer", "TokenizerError"]
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token")
@@ -54,7 +56,7 @@ def _token_text(value: Any) -> str | None:
 def _chat_template(files: Mapping[str, str | bytes], config: dict[str, Any]) -> str | None:
     """``chat_template.jinja`` (transformers 5), else the config's template (4.x; the default
     one when it holds a list of named templates)."""
-    template = _text(files, "chat_template.jinja")
+    template = _text(files, CHAT_TEMPLATE)
     if template is not None:
         return template
     value = config.get("chat_template")
@@ -70,15 +72,15 @@ class Tokenizer:
     def __init__(self, files: Mapping[str, str | bytes]) -> None:
         from tokenizers import Tokenizer as RustTokenizer
 
-        if "tokenizer.json" not in files:
+        if TOKENIZER not in files:
             raise TokenizerError(
                 f"the export's tokenizer has no tokenizer.json (files: {sorted(files)}); only "
                 "fast (tokenizers-backed) tokenizers can be served: export a model whose "
                 "tokenizer has a tokenizer.json, or pass token ids"
             )
         try:
-            self._tokenizer = RustTokenizer.from_str(_text(files, "tokenizer.json"))
-            config = json.loads(_text(files, "tokenizer_config.json") or "{}")
+            self._tokenizer = RustTokenizer.from_str(_text(files, TOKENIZER))
+            config = json.loads(_text(files, TOKENIZER_CONFIG) or "{}")
         except Exception as e:  # tokenizers raises its own Exception type
             raise TokenizerError(f"the export's tokenizer files cannot be read: {e}") from e
         if not isinstance(config, dict):
