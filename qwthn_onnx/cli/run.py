@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwthn_onnx import __version__
+from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.chat import DataError, Message
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.ops.fallback import FallbackMismatchError
@@ -17,6 +20,9 @@ from qwthn_onnx.runtime.generation import GenerationError
 from qwthn_onnx.runtime.library import LibraryNotFoundError
 from qwthn_onnx.runtime.metadata import MetadataError
 from qwthn_onnx.runtime.session import QWTHNSession
+
+if TYPE_CHECKING:
+    from qwthn_onnx.qpu.backend import JobRecord
 from qwthn_onnx.runtime.tokenizer import TokenizerError
 
 
@@ -49,7 +55,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the ai.qwthn library: auto (fallbacks with a warning when missing), on, off",
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    q = p.add_argument_group(
+        "quantum backend",
+        "run the adapters' circuits outside onnxruntime, each step's layers as batched jobs "
+        "(needs the qpu extra: pip install 'qwthn-onnx[qpu]'; docs/qpu.md)",
+    )
+    q.add_argument(
+        "--quantum-backend",
+        metavar="SPEC",
+        help="exact | aer | aer:<device> (e.g. aer:fake_torino: compiled for the device, with "
+        "its noise) | ibm:<device> | braket:local; an unknown name lists the devices",
+    )
+    q.add_argument(
+        "--shots", type=int, help="shots per circuit (default: exact expectation values)"
+    )
+    q.add_argument(
+        "--noise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="aer:<device>: apply the device's noise model (--no-noise: compiled, shots only)",
+    )
+    q.add_argument("--quantum-seed", type=int, help="seed of the simulator (reproducible noise)")
+    q.add_argument(
+        "--quantum-report",
+        type=Path,
+        metavar="FILE",
+        help="write every job (circuits, shots, wall time, error against the exact kernel) and "
+        "every layer's compiled form as JSON, once generation has finished",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print the generated text only")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="with --quantum-backend: a line per job"
+    )
     p.add_argument("--version", action="version", version=f"qwthn-onnx {__version__}")
     return p
 
@@ -59,12 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.system is not None and not args.chat:
         parser.error("--system needs --chat")
+    quantum_only = ("--shots", args.shots), ("--quantum-report", args.quantum_report)
+    for flag, value in quantum_only:
+        if value is not None and args.quantum_backend is None:
+            parser.error(f"{flag} needs --quantum-backend")
     kernels = {"auto": "auto", "on": True, "off": False}[args.kernels]
     try:
+        backend = None
+        if args.quantum_backend is not None:
+            from qwthn_onnx.qpu.registry import make_backend
+
+            backend = make_backend(
+                args.quantum_backend, shots=args.shots, seed=args.quantum_seed, noise=args.noise
+            )
         with warnings.catch_warnings():
             if args.quiet:
                 warnings.simplefilter("ignore")
-            session = QWTHNSession(args.model, kernels=kernels, threads=args.threads)
+            session = QWTHNSession(
+                args.model,
+                kernels=kernels,
+                threads=args.threads,
+                quantum=backend,
+                on_job=_print_job if args.verbose and not args.quiet else None,
+            )
         session.tokenizer  # noqa: B018 - load it now, so tokens/s measures generation only
         start = time.perf_counter()
         sampling = {
@@ -96,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if backend is not None:
+        _report_jobs(session, args.quantum_report, args.quiet)
     for prompt, result in zip(args.prompt, results, strict=True):
         print(result.text if args.quiet or args.chat else f"{prompt}{result.text}")
     if not args.quiet:
@@ -107,6 +163,33 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _print_job(job: JobRecord) -> None:
+    shots = "exact" if job.shots is None else f"{job.shots} shots"
+    error = "" if job.max_abs_error is None else f", max |error| {job.max_abs_error:.3g}"
+    print(
+        f"[job {job.index}: {len(job.layers)} layer(s), {job.circuits} circuits, {shots}, "
+        f"{job.wall_s:.2f} s{error}]",
+        file=sys.stderr,
+    )
+
+
+def _report_jobs(session: QWTHNSession, path: Path | None, quiet: bool) -> None:
+    """The jobs' totals on stderr and, with ``--quantum-report``, everything as JSON."""
+    from qwthn_onnx.qpu.report import generation_report
+
+    report = generation_report(session.session)
+    if path is not None:
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    if not quiet:
+        totals = report["totals"]
+        print(
+            f"[{totals['jobs']} quantum jobs on {report['backend']}: {totals['circuits']} "
+            f"circuits, {totals['wall_s']:.2f} s; max |error| against exact "
+            f"{totals['max_abs_error']:.3g}]",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

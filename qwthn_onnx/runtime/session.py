@@ -10,22 +10,26 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from qwthn_onnx.chat import Message, chat_prompt_ids
+from qwthn_onnx.circuit.ir import CircuitError
 from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.generation import GenerationConfig, GenerationError, generate_tokens
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata, MetadataError
 from qwthn_onnx.runtime.signature import past_names
 from qwthn_onnx.runtime.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from qwthn_onnx.qpu.backend import JobRecord, QuantumBackend
 
 __all__ = ["FallbackWarning", "Generation", "QWTHNSession"]
 
@@ -75,10 +79,20 @@ class QWTHNSession:
         kernels: ``"auto"`` (register the library, else warn and use the fallbacks), ``True``
             (require the library) or ``False`` (plain onnxruntime, fallbacks only).
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        quantum: run the ``QuantumLayer`` nodes on this backend
+            (:mod:`qwthn_onnx.qpu`: a noisy device emulator, shots, Braket, IBM Runtime) instead
+            of inside onnxruntime; each step's layers go out as batched jobs, recorded in
+            ``session.session.jobs``. ``on_job`` is called with each job's record.
     """
 
     def __init__(
-        self, path: str | Path, kernels: bool | str = "auto", threads: int | None = None
+        self,
+        path: str | Path,
+        kernels: bool | str = "auto",
+        threads: int | None = None,
+        *,
+        quantum: QuantumBackend | None = None,
+        on_job: Callable[[JobRecord], None] | None = None,
     ) -> None:
         if kernels not in ("auto", True, False):
             raise ValueError(f"kernels must be 'auto', True or False, got {kernels!r}")
@@ -101,9 +115,16 @@ class QWTHNSession:
         if not self.kernels:
             _check_fallbacks(self.path)
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            if quantum is not None:
+                from qwthn_onnx.qpu.offload import OffloadSession
+
+                self.session = OffloadSession(self.path, quantum, options, on_job=on_job)
+            else:
+                self.session = ort.InferenceSession(
+                    str(self.path), options, providers=["CPUExecutionProvider"]
+                )
+        except CircuitError:  # a backend that cannot take a layer (too wide, bad spec)
+            raise
         except Exception as e:  # onnxruntime raises its own exception types
             if weights_checked is not None:
                 weights_checked.result()  # a damaged export: that error names the cause

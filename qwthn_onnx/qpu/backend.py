@@ -1,0 +1,196 @@
+"""What every quantum backend is: a thing that runs a batch of adapted layers' circuits as one job.
+
+A model's quantum layers reach a backend as :class:`LayerCall` s: the layer's circuit, its trained
+weights (fixed at inference) and one row of input angles per (prompt, token). ``prepare`` is
+called once per layer before its first call, so a backend compiles each layer once (transpiled
+for a device, weights bound, inputs left as named parameters); ``run`` then executes one job for
+all the calls it is given — on qiskit a list of PUBs ``(circuit, observables, values[N, P])``,
+on Braket a program set — and returns the estimated expectation values.
+
+:class:`ExactBackend` is the reference every other backend is measured against: the C++ kernel,
+i.e. exactly what the ONNX ``QuantumLayer`` node computes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qwthn_onnx.circuit.ir import Circuit, CircuitError
+
+__all__ = [
+    "ExactBackend",
+    "JobRecord",
+    "LayerCall",
+    "LayerReport",
+    "QPUError",
+    "QuantumBackend",
+    "check_shots",
+]
+
+
+class QPUError(CircuitError):
+    """A quantum backend that cannot be built or cannot run what it was given; says what to do."""
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One adapted layer's circuit evaluations within a job: ``inputs [N, n_inputs]`` (float64)."""
+
+    layer: str
+    circuit: Circuit
+    weights: np.ndarray  # [n_weights] float64, the trained weights (bound at compile time)
+    inputs: np.ndarray  # [N, n_inputs] float64, one row per (prompt, token)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What one layer's circuit becomes on a backend (from ``prepare``)."""
+
+    layer: str
+    n_qubits: int  # logical qubits of the circuit
+    physical_qubits: tuple[int, ...]  # the device qubits it was laid out on (() when none)
+    depth: int
+    two_qubit_gates: int
+    gate_counts: dict[str, int]
+    duration_s: float | None  # estimated from the device's gate durations (None when unknown)
+    parameters: int  # free parameters left in the compiled circuit (the input angles)
+
+
+@dataclass
+class JobRecord:
+    """One submitted job, for reports: what ran, how long it took, how far it was from exact."""
+
+    index: int
+    backend: str
+    layers: list[str]
+    circuits: int  # parameter sets executed (sum of N over the calls)
+    shots: int | None  # per parameter set and observable group; None for exact expectations
+    wall_s: float
+    max_abs_error: float | None = None  # against ExactBackend on the same inputs
+    mean_abs_error: float | None = None
+    rows: list[int] = field(default_factory=list)  # parameter sets per layer, as in ``layers``
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "backend": self.backend,
+            "layers": self.layers,
+            "circuits": self.circuits,
+            "shots": self.shots,
+            "wall_s": self.wall_s,
+            "max_abs_error": self.max_abs_error,
+            "mean_abs_error": self.mean_abs_error,
+            "rows": self.rows,
+        }
+
+
+def check_shots(shots: object) -> int | None:
+    """``shots`` as an int >= 1, or None (exact expectations); anything else is refused."""
+    if shots is None:
+        return None
+    if isinstance(shots, bool) or not isinstance(shots, int | np.integer) or shots < 1:
+        raise QPUError(
+            f"shots must be an integer >= 1 (or left out for exact expectations), got {shots!r}."
+        )
+    return int(shots)
+
+
+class QuantumBackend(ABC):
+    """Runs adapted layers' circuits in jobs. Subclasses: exact, qiskit (Aer, IBM), Braket.
+
+    ``name`` is the spec it was built from (e.g. ``"aer:fake_torino"``); ``shots`` the shots per
+    parameter set (None: exact expectations). ``num_qubits`` is the device's width (None: no
+    limit), checked in :meth:`prepare` before any compilation.
+    """
+
+    name: str
+    shots: int | None = None
+    num_qubits: int | None = None
+
+    def __init__(self) -> None:
+        self.reports: dict[str, LayerReport] = {}
+
+    def prepare(self, layer: str, circuit: Circuit, weights: np.ndarray) -> LayerReport:
+        """Compile ``layer`` once (cached by name); returns what it became on this backend."""
+        report = self.reports.get(layer)
+        if report is None:
+            if self.num_qubits is not None and circuit.n_qubits > self.num_qubits:
+                raise QPUError(
+                    f"layer {layer!r}: its circuit has {circuit.n_qubits} qubits, but "
+                    f"{self.name} has {self.num_qubits}; choose a wider device or train with "
+                    "fewer qubits (--n-qubits)."
+                )
+            report = self._prepare(layer, circuit, np.asarray(weights, dtype=np.float64))
+            self.reports[layer] = report
+        return report
+
+    @abstractmethod
+    def _prepare(self, layer: str, circuit: Circuit, weights: np.ndarray) -> LayerReport:
+        """Compile one layer (called once per layer name)."""
+
+    @abstractmethod
+    def run(self, calls: Sequence[LayerCall]) -> list[np.ndarray]:
+        """Execute ``calls`` as one job; ``[N, n_observables]`` float64 per call, in order.
+
+        Every call's layer has been through :meth:`prepare`.
+        """
+
+
+def _logical_report(layer: str, circuit: Circuit) -> LayerReport:
+    counts: dict[str, int] = {}
+    for gate in circuit.gates:
+        counts[gate.name] = counts.get(gate.name, 0) + 1
+    return LayerReport(
+        layer=layer,
+        n_qubits=circuit.n_qubits,
+        physical_qubits=(),
+        depth=_depth(circuit),
+        two_qubit_gates=sum(len(g.wires) == 2 for g in circuit.gates),
+        gate_counts=counts,
+        duration_s=None,
+        parameters=circuit.n_inputs,
+    )
+
+
+def _depth(circuit: Circuit) -> int:
+    level = [0] * circuit.n_qubits
+    for gate in circuit.gates:
+        top = 1 + max(level[w] for w in gate.wires)
+        for w in gate.wires:
+            level[w] = top
+    return max(level, default=0)
+
+
+class ExactBackend(QuantumBackend):
+    """Exact expectation values from the C++ kernel: what the ONNX QuantumLayer node computes."""
+
+    name = "exact"
+
+    def __init__(self, threads: int = 0) -> None:
+        super().__init__()
+        from qwthn_onnx.circuit.encoding import encode
+
+        self._encode = encode
+        self._encoded: dict[str, object] = {}
+        self.threads = threads
+
+    def _prepare(self, layer: str, circuit: Circuit, weights: np.ndarray) -> LayerReport:
+        self._encoded[layer] = self._encode(circuit)
+        return _logical_report(layer, circuit)
+
+    def run(self, calls: Sequence[LayerCall]) -> list[np.ndarray]:
+        from qwthn_onnx import native
+
+        return [
+            native.quantum_forward(
+                self._encoded[call.layer],
+                np.ascontiguousarray(call.inputs, dtype=np.float64),
+                np.ascontiguousarray(call.weights, dtype=np.float64),
+                self.threads,
+            )
+            for call in calls
+        ]

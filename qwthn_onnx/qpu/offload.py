@@ -1,0 +1,306 @@
+"""Run an exported model with its ``QuantumLayer`` nodes executed on a quantum backend.
+
+onnxruntime cannot call out to a QPU from inside a graph, so the graph is cut at its quantum
+nodes: every tensor gets a *round*, the number of quantum nodes on its longest path from the
+inputs. Stage ``r`` (an ordinary onnxruntime session over the nodes of round ``r``) computes the
+inputs of round ``r``'s quantum nodes; those nodes — in a Llama the adapted q and v projections of
+one decoder layer, which depend on nothing quantum of each other — then run on the backend as
+ONE job holding every (prompt, token) row of the step; their outputs feed stage ``r + 1``.
+A forward pass is therefore ``rounds + 1`` sessions and ``rounds`` jobs, in dependency order.
+
+Rows a step does not need are not sent: positions the attention mask marks as padding (their
+values never reach a real token) get the exact kernel value instead. Every job is also run
+through :class:`~qwthn_onnx.qpu.backend.ExactBackend` on the same rows (microseconds next to a
+job), so each :class:`~qwthn_onnx.qpu.backend.JobRecord` says how far the backend was from what
+the ONNX node would have computed.
+
+:class:`OffloadSession` has the parts of ``onnxruntime.InferenceSession`` that
+:class:`~qwthn_onnx.runtime.session.QWTHNSession` uses, so generation, chat and batching run
+unchanged on top of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from qwthn_onnx.circuit.ir import Circuit
+from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
+from qwthn_onnx.qpu.backend import ExactBackend, JobRecord, LayerCall, QuantumBackend
+from qwthn_onnx.runtime.signature import ATTENTION_MASK, INPUT_IDS
+
+__all__ = ["OffloadSession", "QuantumNode", "TensorInfo"]
+
+_QNN_SUFFIX = ".qwthn.qnn"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What ``InferenceSession.get_inputs()`` / ``get_outputs()`` give: name, type, shape."""
+
+    name: str
+    type: str
+    shape: list[int | str | None]
+
+
+@dataclass(frozen=True)
+class QuantumNode:
+    """One QuantumLayer node of the graph: the adapted layer, its circuit and trained weights."""
+
+    layer: str
+    circuit: Circuit
+    weights: np.ndarray
+    input: str
+    output: str
+
+
+@dataclass
+class _Stage:
+    nodes: list[onnx.NodeProto]
+    inputs: list[str]  # tensors fed from outside the stage (graph inputs, earlier results)
+    outputs: list[str]  # tensors later stages, quantum nodes or the caller need
+    session: ort.InferenceSession | None = None
+
+
+class _Meta:
+    """``get_modelmeta()``'s answer, from the parsed model."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.custom_metadata_map = {p.key: p.value for p in model.metadata_props}
+
+
+def _type_string(value_info: onnx.ValueInfoProto) -> str:
+    elem = value_info.type.tensor_type.elem_type
+    return f"tensor({helper.tensor_dtype_to_string(elem).removeprefix('TensorProto.').lower()})"
+
+
+def _tensor_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
+    dims = [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in value_info.type.tensor_type.shape.dim
+    ]
+    return TensorInfo(value_info.name, _type_string(value_info), dims)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names a control-flow node's subgraphs read (implicit inputs)."""
+    names: set[str] = set()
+    for attribute in node.attribute:
+        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+        for graph in graphs:
+            local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                local.update(inner.output)
+            for inner in graph.node:
+                used = set(inner.input) | _subgraph_inputs(inner)
+                names.update(n for n in used if n and n not in local)
+    return names
+
+
+def _node_inputs(node: onnx.NodeProto) -> set[str]:
+    return {n for n in node.input if n} | _subgraph_inputs(node)
+
+
+class OffloadSession:
+    """An exported model whose quantum layers run on ``backend`` (see the module docstring).
+
+    ``options``: onnxruntime session options for the stages (with the ``ai.qwthn`` library
+    registered for the MPO kernels, or plain for the fallback functions). ``on_job`` is called
+    with each :class:`JobRecord` as soon as its job has run (progress, logs).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: QuantumBackend,
+        options: ort.SessionOptions | None = None,
+        *,
+        on_job: Callable[[JobRecord], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.backend = backend
+        self.options = options or ort.SessionOptions()
+        self.on_job = on_job
+        self.jobs: list[JobRecord] = []
+        self._exact = ExactBackend()
+        model = onnx.load(str(self.path))
+        self._model = model
+        self._meta = _Meta(model)
+        self._inputs = [_tensor_info(v) for v in model.graph.input]
+        self._outputs = [_tensor_info(v) for v in model.graph.output]
+        self.quantum_nodes, self._stages, self.rounds = self._cut(model)
+        for node in self.quantum_nodes:  # compile every layer (and check its width) up front
+            backend.prepare(node.layer, node.circuit, node.weights)
+            self._exact.prepare(node.layer, node.circuit, node.weights)
+
+    # -- the parts of InferenceSession that QWTHNSession and the server use --------------------
+
+    def get_inputs(self) -> list[TensorInfo]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return list(self._outputs)
+
+    def get_modelmeta(self) -> _Meta:
+        return self._meta
+
+    def run(
+        self, output_names: Sequence[str] | None, feed: dict[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        """One forward pass: the stages in order, each round's quantum nodes as one job."""
+        names = list(output_names or [o.name for o in self._outputs])
+        values: dict[str, np.ndarray] = dict(feed)
+        active = _active_rows(feed)
+        for index, stage in enumerate(self._stages):
+            if stage.nodes:
+                session = self._session(stage, values)
+                results = session.run(stage.outputs, {n: values[n] for n in stage.inputs})
+                values.update(zip(stage.outputs, results, strict=True))
+            if index < len(self.rounds):
+                self._run_round(self.rounds[index], values, active)
+        return [values[n] for n in names]
+
+    # -- cutting the graph ------------------------------------------------------------------
+
+    def _cut(
+        self, model: onnx.ModelProto
+    ) -> tuple[list[QuantumNode], list[_Stage], list[list[QuantumNode]]]:
+        graph = model.graph
+        initializers = {t.name: t for t in graph.initializer}
+        level: dict[str, int] = {v.name: 0 for v in graph.input}
+        level.update(dict.fromkeys(initializers, 0))
+        stage_nodes: dict[int, list[onnx.NodeProto]] = {}
+        rounds: dict[int, list[QuantumNode]] = {}
+        quantum: list[QuantumNode] = []
+        for node in graph.node:  # ONNX graphs are topologically sorted
+            r = max((level.get(n, 0) for n in _node_inputs(node)), default=0)
+            if node.domain == DOMAIN and node.op_type == "QuantumLayer":
+                q = QuantumNode(
+                    layer=node.name.removesuffix(_QNN_SUFFIX),
+                    circuit=circuit_from_node(node),
+                    weights=numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64),
+                    input=node.input[0],
+                    output=node.output[0],
+                )
+                quantum.append(q)
+                rounds.setdefault(r, []).append(q)
+                level[q.output] = r + 1
+            else:
+                stage_nodes.setdefault(r, []).append(node)
+                level.update(dict.fromkeys(node.output, r))
+        n_stages = max([*stage_nodes, *(r + 1 for r in rounds)], default=0) + 1
+        needed_after: dict[int, set[str]] = {}  # tensors read at or after stage r
+        wanted = {o.name for o in graph.output}
+        for r in range(n_stages - 1, -1, -1):
+            wanted |= {n for node in stage_nodes.get(r, []) for n in _node_inputs(node)}
+            wanted |= {q.input for q in rounds.get(r, [])}
+            needed_after[r] = set(wanted)
+        graph_outputs = {o.name for o in graph.output}
+        stages = []
+        for r in range(n_stages):
+            nodes = stage_nodes.get(r, [])
+            produced = [o for node in nodes for o in node.output if o]
+            later = needed_after.get(r + 1, set()) | {q.input for q in rounds.get(r, [])}
+            consumed = sorted(
+                {n for node in nodes for n in _node_inputs(node)}
+                - set(produced)
+                - set(initializers)
+            )
+            outputs = [o for o in produced if o in later or o in graph_outputs]
+            stages.append(_Stage(nodes, consumed, outputs))
+        return quantum, stages, [rounds.get(r, []) for r in range(n_stages - 1)]
+
+    def _session(self, stage: _Stage, values: dict[str, np.ndarray]) -> ort.InferenceSession:
+        """The stage's session, built on first use: its inputs' types come from the values fed."""
+        if stage.session is None:
+            source = self._model
+            used = {n for node in stage.nodes for n in _node_inputs(node)}
+            graph = helper.make_graph(
+                stage.nodes,
+                f"stage_{id(stage)}",
+                [
+                    helper.make_tensor_value_info(
+                        n,
+                        helper.np_dtype_to_tensor_dtype(values[n].dtype),
+                        [f"{n}_d{i}" for i in range(values[n].ndim)],
+                    )
+                    for n in stage.inputs
+                ],
+                [helper.make_empty_tensor_value_info(n) for n in stage.outputs],
+                [t for t in source.graph.initializer if t.name in used],
+            )
+            model = helper.make_model(
+                graph,
+                opset_imports=list(source.opset_import),
+                functions=list(source.functions),
+                ir_version=source.ir_version,
+            )
+            stage.session = ort.InferenceSession(
+                model.SerializeToString(), self.options, providers=["CPUExecutionProvider"]
+            )
+        return stage.session
+
+    # -- the quantum rounds -----------------------------------------------------------------
+
+    def _run_round(
+        self,
+        nodes: list[QuantumNode],
+        values: dict[str, np.ndarray],
+        active: np.ndarray | None,
+    ) -> None:
+        calls, exact_calls, shapes = [], [], []
+        for node in nodes:
+            x = values[node.input]
+            flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            rows = flat if active is None or active.size != flat.shape[0] else flat[active]
+            calls.append(LayerCall(node.layer, node.circuit, node.weights, rows))
+            exact_calls.append(LayerCall(node.layer, node.circuit, node.weights, flat))
+            shapes.append(x)
+        start = time.perf_counter()
+        estimates = self.backend.run(calls) if any(c.inputs.shape[0] for c in calls) else []
+        wall = time.perf_counter() - start
+        exact = self._exact.run(exact_calls)
+        errors = []
+        for i, node in enumerate(nodes):
+            result = exact[i].copy()
+            if estimates:
+                if active is None or active.size != result.shape[0]:
+                    errors.append(np.abs(estimates[i] - result).ravel())
+                    result = estimates[i]
+                else:
+                    errors.append(np.abs(estimates[i] - result[active]).ravel())
+                    result[active] = estimates[i]
+            x = shapes[i]
+            values[node.output] = result.reshape(*x.shape[:-1], result.shape[-1]).astype(x.dtype)
+        error = np.concatenate(errors) if errors else np.zeros(0)
+        record = JobRecord(
+            index=len(self.jobs),
+            backend=self.backend.name,
+            layers=[node.layer for node in nodes],
+            circuits=sum(c.inputs.shape[0] for c in calls),
+            rows=[c.inputs.shape[0] for c in calls],
+            shots=self.backend.shots,
+            wall_s=wall,
+            max_abs_error=float(error.max()) if error.size else None,
+            mean_abs_error=float(error.mean()) if error.size else None,
+        )
+        self.jobs.append(record)
+        if self.on_job is not None:
+            self.on_job(record)
+
+
+def _active_rows(feed: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Which (prompt, token) rows of this step are real tokens: the attention mask's last
+    ``sequence`` columns, flattened (None when there is no mask to go by)."""
+    mask = feed.get(ATTENTION_MASK)
+    ids = feed.get(INPUT_IDS)
+    if mask is None or ids is None or mask.ndim != 2 or ids.ndim != 2:
+        return None
+    return mask[:, -ids.shape[1] :].reshape(-1).astype(bool)
