@@ -1,0 +1,168 @@
+"""The model cut at its QuantumLayer nodes: same results as onnxruntime, jobs in dependency order,
+one job per round, padding not sent, refusals before any work, reports written whole or not at
+all."""
+
+import json
+
+import numpy as np
+import pytest
+
+from qwthn_onnx.cli.run import main as run_main
+from qwthn_onnx.qpu.backend import ExactBackend, LayerCall, QPUError
+from qwthn_onnx.qpu.registry import make_backend
+from qwthn_onnx.qpu.report import generation_report
+from qwthn_onnx.runtime.session import QWTHNSession
+from qwthn_onnx.runtime.signature import empty_cache, position_ids
+
+PROMPTS = ["12&34=", "5&6="]
+
+
+class ShiftedBackend(ExactBackend):
+    """Exact values plus a known offset: what a biased device would return."""
+
+    name = "shifted"
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+        self.jobs: list[list[LayerCall]] = []
+
+    def run(self, calls):
+        self.jobs.append(list(calls))
+        return [r + self.offset for r in super().run(calls)]
+
+
+class NarrowBackend(ExactBackend):
+    name = "narrow"
+    num_qubits = 2
+
+
+def _feed(session: QWTHNSession, ids: list[list[int]]) -> dict[str, np.ndarray]:
+    width = max(map(len, ids))
+    tokens = np.zeros((len(ids), width), dtype=np.int64)
+    mask = np.zeros_like(tokens)
+    for row, seq in enumerate(ids):  # left padding, as generation lays batches out
+        tokens[row, width - len(seq) :] = seq
+        mask[row, width - len(seq) :] = 1
+    return {
+        "input_ids": tokens,
+        "attention_mask": mask,
+        "position_ids": position_ids(mask, width),
+        **empty_cache(session.metadata.cache, len(ids), session.cache_dtype),
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_exact_offload_equals_onnxruntime(exported, arch, kernels):
+    _, result, _ = exported(arch)
+    plain = QWTHNSession(result.directory, kernels=kernels)
+    offload = QWTHNSession(result.directory, kernels=kernels, quantum=ExactBackend())
+    feed = _feed(plain, [plain.encode(p) for p in PROMPTS])
+    want, got = plain.run(feed), offload.run(feed)
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=2e-5, rtol=1e-5, err_msg=name)
+    assert plain.generate(PROMPTS, 6) == offload.generate(PROMPTS, 6)
+
+
+def test_rounds_follow_the_layers_and_each_round_is_one_job(exported):
+    _, result, _ = exported("llama")
+    backend = ShiftedBackend(0.0)
+    session = QWTHNSession(result.directory, quantum=backend)
+    offload = session.session
+    # two decoder layers, q and v adapted: layer 1 needs layer 0's output, q and v do not
+    # need each other
+    assert [[q.layer.split(".")[2] for q in r] for r in offload.rounds] == [["0", "0"], ["1", "1"]]
+    ids = [session.encode(p) for p in PROMPTS]
+    session.run(_feed(session, ids))
+    assert len(backend.jobs) == len(offload.rounds) == len(offload.jobs) == 2
+    real_tokens = sum(map(len, ids))
+    assert real_tokens < len(ids) * max(map(len, ids))  # the batch is padded
+    for job, record in zip(backend.jobs, offload.jobs, strict=True):
+        assert len(job) == 2  # both layers of the round in one job
+        assert all(call.inputs.shape[0] == real_tokens for call in job)  # no padding rows
+        assert record.circuits == 2 * real_tokens and record.rows == [real_tokens] * 2
+        assert record.max_abs_error == 0.0
+
+
+def test_a_biased_backend_changes_the_output_and_the_error_is_recorded(exported):
+    _, result, _ = exported("llama")
+    plain = QWTHNSession(result.directory)
+    shifted = QWTHNSession(result.directory, quantum=ShiftedBackend(0.25))
+    feed = _feed(plain, [plain.encode(p) for p in PROMPTS])
+    assert np.abs(shifted.run(feed)["logits"] - plain.run(feed)["logits"]).max() > 1e-3
+    assert [j.max_abs_error for j in shifted.session.jobs] == pytest.approx([0.25, 0.25])
+    assert [j.mean_abs_error for j in shifted.session.jobs] == pytest.approx([0.25, 0.25])
+
+
+def test_a_circuit_wider_than_the_device_is_refused_before_any_work(exported):
+    _, result, _ = exported("llama")
+    with pytest.raises(QPUError, match=r"3 qubits, but narrow has 2.*fewer qubits"):
+        QWTHNSession(result.directory, quantum=NarrowBackend())
+
+
+def test_report_totals_and_cost_model(exported):
+    _, result, _ = exported("llama")
+    session = QWTHNSession(result.directory, quantum=ExactBackend())
+    out = session.generate(PROMPTS, 3)
+    report = generation_report(session.session, generated_tokens=6)
+    totals = report["totals"]
+    # prefill (2 rounds) + 2 decode steps (2 rounds each): 6 jobs
+    assert totals["jobs"] == 6 == len(report["jobs"])
+    prompt_tokens = sum(g.prompt_tokens for g in out)
+    assert totals["circuits"] == 2 * 2 * prompt_tokens + 2 * 2 * 2 * 2
+    assert totals["circuits_per_token"] == totals["circuits"] / 6
+    assert totals["estimated_qpu_s"] is None  # exact: no shots, no device durations
+    assert [r["layer"] for r in report["layers"]] == [
+        q.layer for q in session.session.quantum_nodes
+    ]
+
+
+def test_make_backend_refusals():
+    with pytest.raises(QPUError, match=r"unknown quantum backend 'qpu9'.*exact:.*aer:.*braket"):
+        make_backend("qpu9")
+    with pytest.raises(QPUError, match="shots must be an integer >= 1"):
+        make_backend("aer", shots=0)
+    with pytest.raises(QPUError, match="shots must be an integer >= 1"):
+        make_backend("aer", shots=-5)
+    with pytest.raises(QPUError, match="exact backend takes no shots"):
+        make_backend("exact", shots=100)
+
+
+def test_cli_writes_the_report_and_matches_plain_output(exported, tmp_path, capsys):
+    _, result, _ = exported("llama")
+    args = [str(result.directory), "-p", PROMPTS[0], "-n", "4", "-q"]
+    assert run_main(args) == 0
+    plain = capsys.readouterr().out
+    report = tmp_path / "report.json"
+    assert run_main([*args, "--quantum-backend", "exact", "--quantum-report", str(report)]) == 0
+    assert capsys.readouterr().out == plain
+    data = json.loads(report.read_text())
+    assert data["backend"] == "exact" and data["totals"]["jobs"] == 2 * 4
+
+
+def test_cli_refusals_name_the_problem(exported, tmp_path, capsys):
+    _, result, _ = exported("llama")
+    base = [str(result.directory), "-p", "1&2="]
+    assert run_main([*base, "--quantum-backend", "warp:drive"]) == 2
+    assert "unknown quantum backend 'warp:drive'" in capsys.readouterr().err
+    assert run_main([*base, "--quantum-backend", "exact", "--shots", "0"]) == 2
+    assert "shots must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main([*base, "--shots", "10"])
+    assert "--shots needs --quantum-backend" in capsys.readouterr().err
+
+
+def test_an_interrupted_generation_leaves_no_report(exported, tmp_path, monkeypatch):
+    _, result, _ = exported("llama")
+    report = tmp_path / "report.json"
+
+    def interrupt(self, calls):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExactBackend, "run", interrupt)
+    args = [str(result.directory), "-p", "1&2=", "--quantum-backend", "exact"]
+    with pytest.raises(KeyboardInterrupt):
+        run_main([*args, "--quantum-report", str(report)])
+    assert list(tmp_path.iterdir()) == []
