@@ -176,11 +176,24 @@ class OffloadSession:
         initializers = {t.name: t for t in graph.initializer}
         level: dict[str, int] = {v.name: 0 for v in graph.input}
         level.update(dict.fromkeys(initializers, 0))
-        stage_nodes: dict[int, list[onnx.NodeProto]] = {}
+        # Nodes computed from initializers alone go into every stage that reads them, where
+        # onnxruntime folds them once at session creation, instead of being recomputed in
+        # stage 0 and passed along at every step.
+        constant: dict[str, tuple[int, onnx.NodeProto]] = {}
+        stage_nodes: dict[int, list[tuple[int, onnx.NodeProto]]] = {}
         rounds: dict[int, list[QuantumNode]] = {}
         quantum: list[QuantumNode] = []
-        for node in graph.node:  # ONNX graphs are topologically sorted
-            r = max((level.get(n, 0) for n in _node_inputs(node)), default=0)
+        nodes = list(graph.node)  # ONNX graphs are topologically sorted
+        for index, node in enumerate(nodes):
+            inputs = _node_inputs(node)
+            if (
+                all(n in initializers or n in constant for n in inputs)
+                and not _subgraph_inputs(node)
+                and not node.op_type.startswith("Random")
+            ):
+                constant.update(dict.fromkeys(node.output, (index, node)))
+                continue
+            r = max((level.get(n, 0) for n in inputs), default=0)
             if node.domain == DOMAIN and node.op_type == "QuantumLayer":
                 q = QuantumNode(
                     layer=node.name.removesuffix(_QNN_SUFFIX),
@@ -193,19 +206,19 @@ class OffloadSession:
                 rounds.setdefault(r, []).append(q)
                 level[q.output] = r + 1
             else:
-                stage_nodes.setdefault(r, []).append(node)
+                stage_nodes.setdefault(r, []).append((index, node))
                 level.update(dict.fromkeys(node.output, r))
         n_stages = max([*stage_nodes, *(r + 1 for r in rounds)], default=0) + 1
         needed_after: dict[int, set[str]] = {}  # tensors read at or after stage r
         wanted = {o.name for o in graph.output}
         for r in range(n_stages - 1, -1, -1):
-            wanted |= {n for node in stage_nodes.get(r, []) for n in _node_inputs(node)}
+            wanted |= {n for _, node in stage_nodes.get(r, []) for n in _node_inputs(node)}
             wanted |= {q.input for q in rounds.get(r, [])}
             needed_after[r] = set(wanted)
         graph_outputs = {o.name for o in graph.output}
         stages = []
         for r in range(n_stages):
-            nodes = stage_nodes.get(r, [])
+            nodes = _with_constants(stage_nodes.get(r, []), constant)
             produced = [o for node in nodes for o in node.output if o]
             later = needed_after.get(r + 1, set()) | {q.input for q in rounds.get(r, [])}
             consumed = sorted(
@@ -213,7 +226,9 @@ class OffloadSession:
                 - set(produced)
                 - set(initializers)
             )
-            outputs = [o for o in produced if o in later or o in graph_outputs]
+            outputs = [
+                o for o in produced if (o in later and o not in constant) or o in graph_outputs
+            ]
             stages.append(_Stage(nodes, consumed, outputs))
         return quantum, stages, [rounds.get(r, []) for r in range(n_stages - 1)]
 
@@ -294,6 +309,20 @@ class OffloadSession:
         self.jobs.append(record)
         if self.on_job is not None:
             self.on_job(record)
+
+
+def _with_constants(
+    nodes: list[tuple[int, onnx.NodeProto]], constant: dict[str, tuple[int, onnx.NodeProto]]
+) -> list[onnx.NodeProto]:
+    """``nodes`` and the constant nodes they read, transitively, in graph order (each once)."""
+    chosen = dict(nodes)
+    pending = [n for _, node in nodes for n in _node_inputs(node) if n in constant]
+    while pending:
+        index, node = constant[pending.pop()]
+        if index not in chosen:
+            chosen[index] = node
+            pending += [n for n in _node_inputs(node) if n in constant]
+    return [chosen[i] for i in sorted(chosen)]
 
 
 def _active_rows(feed: dict[str, np.ndarray]) -> np.ndarray | None:
