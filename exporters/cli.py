@@ -18,7 +18,7 @@ from exporters.export import ExportOptions, ExportResult, export_model
 from exporters.hardware import run_job, write_job
 from exporters.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET, ExportError
 from exporters.onnx_import import ImportError_, import_onnx
-from exporters.qasm import QasmError, qasm3_to_circuit
+from exporters.qasm import DEFAULT_DIALECT, DIALECTS, QasmError, qasm3_to_circuit
 from exporters.triton import (
     KSERVE_MODEL_ROOT,
     TRITON_MODEL_ROOT,
@@ -55,6 +55,12 @@ USER_ERRORS = (
     MPOError,
     QasmError,
     TritonRepoError,
+)
+
+_DIALECT_HELP = (
+    f"OpenQASM 3 form of the programs (default {DEFAULT_DIALECT}: runs exactly in qiskit, "
+    "Amazon Braket's LocalSimulator and PennyLane; qiskit: stdgates.inc; braket: Braket's gate "
+    "names; pennylane: PennyLane's; see docs/qpu.md)"
 )
 
 
@@ -117,6 +123,12 @@ def build_export_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="declare the trained weights as `input float[64] theta_j` too (values in "
         "qasm/index.json) instead of writing them as literals only",
+    )
+    q.add_argument(
+        "--qasm-dialect",
+        choices=DIALECTS,
+        default=DEFAULT_DIALECT,
+        help=_DIALECT_HELP,
     )
     v = p.add_argument_group("verification")
     v.add_argument(
@@ -328,6 +340,7 @@ def export_main(argv: list[str] | None = None) -> int:
         external_data=args.external_data,
         qasm=args.qasm,
         qasm_weights_as_inputs=args.qasm_weights_as_inputs,
+        qasm_dialect=args.qasm_dialect,
         op_library=args.op_library,
     )
     try:
@@ -418,6 +431,7 @@ def build_qasm_parser() -> argparse.ArgumentParser:
         default="rz,sx,x,cx",
         help="comma-separated basis gates for --qasm2 (default rz,sx,x,cx)",
     )
+    job.add_argument("--dialect", choices=DIALECTS, default=DEFAULT_DIALECT, help=_DIALECT_HELP)
     load = sub.add_parser(
         "load", help="put a program (edited or optimised elsewhere) into a layer of a model.pt"
     )
@@ -460,7 +474,7 @@ def qasm_main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "job":
             basis = tuple(b.strip() for b in args.basis.split(",") if b.strip())
-            index = write_job(args.model, args.prompt, args.output, args.qasm2, basis)
+            index = write_job(args.model, args.prompt, args.output, args.qasm2, basis, args.dialect)
             layers = len({p["layer"] for p in index["programs"]})
             console.print(
                 f"wrote {len(index['programs'])} programs ({layers} layers x "

@@ -32,7 +32,7 @@ from exporters.onnx_export import (
     export_graph,
     save_onnx,
 )
-from exporters.qasm import circuit_to_qasm3
+from exporters.qasm import DEFAULT_DIALECT, check_dialect, circuit_to_qasm3
 from exporters.runtime_files import normalize_tokenizer_files, write_runtime_files
 from exporters.verify import Reference, VerifyReport, torch_reference, verify_reference
 from qwthn_onnx import __version__
@@ -75,6 +75,7 @@ class ExportOptions:
     external_data: bool | None = None  # None: only when the weights exceed 1 GiB
     qasm: bool = True  # qasm/<layer>.qasm, one OpenQASM 3 program per adapted layer
     qasm_weights_as_inputs: bool = False  # trained weights as `input` too, not only literals
+    qasm_dialect: str = DEFAULT_DIALECT  # exporters.qasm.DIALECTS; portable runs in every tool
     # a copy of the ai.qwthn op library beside model.onnx, named in genai_config.json (False:
     # no binary in the export; stock runtimes then run the fallback functions)
     op_library: bool = True
@@ -83,6 +84,10 @@ class ExportOptions:
         check_opset(self.opset)
         if self.dtype not in DTYPES:
             raise ExportError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        try:
+            check_dialect(self.qasm_dialect)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
         for name in ("atol", "rtol"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # also rejects NaN
@@ -167,10 +172,12 @@ def _cast_base(loaded: LoadedModel, dtype: str) -> None:
             b.data = b.data.to(target)
 
 
-def write_qasm(export: Path, model: QWTHNModel, weights_as_inputs: bool) -> dict[str, Any]:
+def write_qasm(
+    export: Path, model: QWTHNModel, weights_as_inputs: bool, dialect: str = DEFAULT_DIALECT
+) -> dict[str, Any]:
     """``qasm/<layer>.qasm`` per adapted layer of the export directory ``export`` (trained
-    weights as exact literals, the layer's angles as ``input float[64] x_i``) and
-    ``qasm/index.json`` mapping layers to files and names."""
+    weights as exact literals, the layer's angles as ``input float[64] x_i``) in OpenQASM
+    ``dialect``, and ``qasm/index.json`` mapping layers to files and names, with the dialect."""
     directory = export / export_dir.QASM_DIR
     directory.mkdir()
     layers: dict[str, Any] = {}
@@ -179,7 +186,7 @@ def write_qasm(export: Path, model: QWTHNModel, weights_as_inputs: bool) -> dict
         weights = layer.qwthn.qnn.weights.detach().double().numpy()
         try:
             text = circuit_to_qasm3(
-                circuit, weights, weights_as_inputs=weights_as_inputs, layer=name
+                circuit, weights, weights_as_inputs=weights_as_inputs, layer=name, dialect=dialect
             )
         except CircuitError as e:
             raise ExportError(
@@ -195,7 +202,7 @@ def write_qasm(export: Path, model: QWTHNModel, weights_as_inputs: bool) -> dict
         if weights_as_inputs:
             entry["weights"] = {f"theta_{j}": float(w) for j, w in enumerate(weights)}
         layers[name] = entry
-    index = export_dir.qasm_index(layers)
+    index = {**export_dir.qasm_index(layers), "dialect": dialect}
     (export / export_dir.QASM_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
@@ -294,7 +301,7 @@ def _export_and_write(
         )
     if options.qasm:
         with _timed(seconds, "OpenQASM 3", progress):
-            write_qasm(tmp, loaded.model, options.qasm_weights_as_inputs)
+            write_qasm(tmp, loaded.model, options.qasm_weights_as_inputs, options.qasm_dialect)
     reference = None
     if options.verify:
         with _timed(seconds, "PyTorch reference", progress):

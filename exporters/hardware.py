@@ -21,7 +21,13 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from exporters.qasm import circuit_to_qasm2, circuit_to_qasm3, qasm3_to_circuit
+from exporters.qasm import (
+    DEFAULT_DIALECT,
+    check_dialect,
+    circuit_to_qasm2,
+    circuit_to_qasm3,
+    qasm3_to_circuit,
+)
 from qwthn_onnx._io import atomic_directory, atomic_write_text
 from qwthn_onnx.circuit import Circuit
 from qwthn_onnx.circuit.sampling import ShotEstimator, deviation_in_standard_errors
@@ -120,8 +126,11 @@ def write_job(
     output_dir: str | Path,
     qasm2: bool = False,
     basis: tuple[str, ...] = ("rz", "sx", "x", "cx"),
+    dialect: str = DEFAULT_DIALECT,
 ) -> dict[str, Any]:
-    """Write the bound programs of ``prompt``'s prefill to ``output_dir`` (atomically)."""
+    """Write the bound programs of ``prompt``'s prefill to ``output_dir`` (atomically), in
+    OpenQASM ``dialect`` (see exporters.qasm.DIALECTS)."""
+    check_dialect(dialect)
     session = QWTHNSession(export_dir)
     ids = session.encode(prompt)
     calls = capture_quantum_calls(session.path, ids)
@@ -133,6 +142,7 @@ def write_job(
         "prompt": prompt,
         "tokens": [{"index": t, "id": i, "text": tokenizer.decode([i])} for t, i in enumerate(ids)],
         "reading": "<Z_i> = P(c[i] = 0) - P(c[i] = 1); expected = the ai.qwthn kernel's value",
+        "dialect": dialect,
         "programs": [],
     }
     with atomic_directory(output_dir) as tmp:
@@ -144,7 +154,9 @@ def write_job(
             for t in range(len(ids)):
                 angles = call.inputs[0, t]
                 name = f"token_{t:04d}.qasm"
-                text = circuit_to_qasm3(call.circuit, call.weights, inputs=angles, layer=call.layer)
+                text = circuit_to_qasm3(
+                    call.circuit, call.weights, inputs=angles, layer=call.layer, dialect=dialect
+                )
                 (folder / name).write_text(text)
                 entry = {
                     "file": f"qasm3/{call.layer}/{name}",

@@ -11,21 +11,35 @@ Decisions (made by experiment with openqasm3 1.0.1, qiskit 2.6 and qiskit-qasm3-
   ``OPENQASM 3.0;`` per the specification, and both parsers accept that.
 * Name map (stable, see :data:`INPUT_PREFIX` etc.): circuit input ``i`` is ``input float[64]
   x_i;``, weight ``j`` kept as an input is ``input float[64] theta_j;``, qubit ``i`` is ``q[i]``
-  and its measurement lands in ``c[i]``. Every input (and weight) of the circuit is declared, used
-  or not, so the declarations fix ``n_inputs`` / ``n_weights`` on read-back.
+  (``q<i>`` in the dialects that declare one ``qubit`` per qubit) and its measurement lands in
+  ``c[i]``. Every input (and weight) of the circuit is declared, used or not, so the
+  declarations fix ``n_inputs`` / ``n_weights`` on read-back.
 * Observables: ``qiskit.qasm3.loads`` rejects every ``pragma`` ("node of type Pragma is not
   supported"), but ignores annotations on ordinary statements. The observables therefore travel
-  as the annotation ``@qwthn.observables ZIII,IZII`` on the final ``c = measure q;``; both
-  ``openqasm3.parse`` and ``qiskit.qasm3.loads`` accept it. A program without the annotation reads
-  back with one ``Z`` observable per measured qubit. Only Z/I observables are exported: a program
-  measures in the Z basis, and X/Y observables would need basis rotations that change the circuit.
+  as the annotation ``@qwthn.observables ZIII,IZII`` on the final ``c = measure q;`` (on
+  ``c[0] = measure q0;`` with named qubits); all three tools accept (and ignore) it. A program
+  without the annotation reads back with one ``Z`` observable per measured qubit. Only Z/I
+  observables are exported: a program measures in the Z basis, and X/Y observables would need
+  basis rotations that change the circuit.
 * Floats: ``openqasm3.dumps`` prints a ``FloatLiteral`` with ``str(float)``, Python's shortest
   round-trip repr, so every float64 survives text exactly. Negative values are written as
   ``UnaryExpression(-, FloatLiteral(|v|))``, which is what the parser produces for ``-v``. Values
   are never rewritten as multiples of pi.
-* ``rzz``, ``rxx`` and ``ryy`` are not in ``stdgates.inc``; each one used gets a ``gate``
-  definition (qiskit's decomposition of ``RZZGate`` / ``RXXGate`` / ``RYYGate``) before use, and
-  :func:`qasm3_to_circuit` accepts exactly those definitions.
+* Dialects (``dialect=``, see :data:`DIALECTS` and docs/qpu.md), found by running the programs
+  in qiskit 2.6 (``qiskit.qasm3.loads``), Amazon Braket's LocalSimulator (default simulator 1.41)
+  and PennyLane 0.45 (``qml.from_qasm3``). Without ``stdgates.inc`` qiskit knows only ``U`` and
+  ``gphase``; Braket cannot open the include, lacks ``cx``/``p``/``cp``/``crz``..., runs a
+  program's own definition instead of its built-in of that name, and drops a ``gphase`` in a
+  gate body under ``ctrl @``; PennyLane refuses the include, runs its built-in instead of a
+  program's definition of that name, knows no ``rzz``/``rxx``/``ryy``, and runs a defined gate
+  called on ``q[i]`` on new wires named after its formal qubits (silently wrong, or a wire
+  error on a device with fixed wires). ``portable``
+  (the default) is the text all three run exactly: no include, every gate used defined over
+  ``U``, ``gphase`` and ``ctrl @ U`` (never ``ctrl @`` around a ``gphase``), one ``qubit q<i>;``
+  per qubit. ``qiskit`` is the stdgates form, ``braket`` uses Braket's own gate names (definitions
+  only for ``crx``/``cry``/``crz``), ``pennylane`` PennyLane's (definitions for ``rzz``/``rxx``/
+  ``ryy``, which then need named qubits). :func:`qasm3_to_circuit` accepts exactly the
+  definitions the dialects write, and reads every dialect back to the same circuit.
 * Read-back: literal weights (or bound inputs) come back as ``Param.const``, so the round trip
   IR -> QASM -> IR is the identity only when inputs and weights are kept as ``input``
   declarations; the returned circuit then has ``n_weights=0`` (``n_inputs=0`` when bound).
@@ -33,10 +47,12 @@ Decisions (made by experiment with openqasm3 1.0.1, qiskit 2.6 and qiskit-qasm3-
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import openqasm3
@@ -60,12 +76,15 @@ from qwthn_onnx.circuit.qiskit_bridge import to_qiskit
 
 __all__ = [
     "BIT_REGISTER",
+    "DEFAULT_DIALECT",
+    "DIALECTS",
     "INPUT_PREFIX",
     "OBSERVABLES_ANNOTATION",
     "QASM2_BASIS",
     "QUBIT_REGISTER",
     "WEIGHT_PREFIX",
     "QasmError",
+    "check_dialect",
     "circuit_to_qasm2",
     "circuit_to_qasm3",
     "parameter_name",
@@ -122,29 +141,159 @@ def _call(name: str, args: list[ast.Expression], qubits: list[ast.Identifier]) -
     return ast.QuantumGate(modifiers=[], name=ast.Identifier(name), arguments=args, qubits=qubits)
 
 
-def _half_pi(negative: bool = False) -> ast.Expression:
-    half_pi = ast.BinaryExpression(
-        ast.BinaryOperator["/"], ast.Identifier("pi"), ast.IntegerLiteral(2)
-    )
-    return ast.UnaryExpression(ast.UnaryOperator["-"], half_pi) if negative else half_pi
+# The tools each dialect was run in (tests/exporters/test_qasm_dialects.py), named in its comments.
+_QISKIT = "qiskit 2.6 (qiskit.qasm3.loads, qiskit-qasm3-import 0.6)"
+_BRAKET = "Amazon Braket LocalSimulator (amazon-braket-sdk 1.127, default simulator 1.41)"
+_PENNYLANE = "PennyLane 0.45 (qml.from_qasm3)"
+
+# qiskit's definitions of RZZGate / RXXGate / RYYGate: a ZZ rotation, in a rotated basis for XX
+# and YY. None of the three tools has a gate of these names.
+_ROTATIONS = """
+gate rxx(theta) a, b { h a; h b; cx a, b; rz(theta) b; cx a, b; h a; h b; }
+gate ryy(theta) a, b {
+  rx(pi / 2) a; rx(pi / 2) b; cx a, b; rz(theta) b; cx a, b; rx(-(pi / 2)) a; rx(-(pi / 2)) b;
+}
+gate rzz(theta) a, b { cx a, b; rz(theta) b; cx a, b; }
+"""
+# Every IR gate over the built-ins U and gphase, exact to the matrix (global phase included);
+# dependencies first. ctrl @ modifies U only: Braket drops a gphase in a body under ctrl @.
+_OVER_U = (
+    """
+gate x a { U(pi, 0, pi) a; }
+gate y a { U(pi, pi / 2, pi / 2) a; }
+gate z a { U(0, 0, pi) a; }
+gate h a { U(pi / 2, 0, pi) a; }
+gate s a { U(0, 0, pi / 2) a; }
+gate sdg a { U(0, 0, -(pi / 2)) a; }
+gate t a { U(0, 0, pi / 4) a; }
+gate tdg a { U(0, 0, -(pi / 4)) a; }
+gate p(theta) a { U(0, 0, theta) a; }
+gate rx(theta) a { U(theta, -(pi / 2), pi / 2) a; }
+gate ry(theta) a { U(theta, 0, 0) a; }
+gate rz(theta) a { gphase(-theta / 2); U(0, 0, theta) a; }
+gate cx a, b { ctrl @ U(pi, 0, pi) a, b; }
+gate cy a, b { ctrl @ U(pi, pi / 2, pi / 2) a, b; }
+gate cz a, b { ctrl @ U(0, 0, pi) a, b; }
+gate cp(theta) a, b { ctrl @ U(0, 0, theta) a, b; }
+gate crx(theta) a, b { ctrl @ U(theta, -(pi / 2), pi / 2) a, b; }
+gate cry(theta) a, b { ctrl @ U(theta, 0, 0) a, b; }
+gate crz(theta) a, b { U(0, 0, -theta / 2) a; ctrl @ U(0, 0, theta) a, b; }
+gate swap a, b { cx a, b; cx b, a; cx a, b; }
+"""
+    + _ROTATIONS
+)
+# Braket has no controlled rotations: each over its built-ins, exact (X or Z flips the sign of
+# the rotation on the target, so the two halves cancel when the control is 0).
+_BRAKET_CONTROLLED = """
+gate crx(theta) a, b { rx(theta / 2) b; cz a, b; rx(-theta / 2) b; cz a, b; }
+gate cry(theta) a, b { ry(theta / 2) b; cnot a, b; ry(-theta / 2) b; cnot a, b; }
+gate crz(theta) a, b { rz(theta / 2) b; cnot a, b; rz(-theta / 2) b; cnot a, b; }
+"""
+# IR gate -> Braket's built-in of the same matrix (xx/yy/zz are exp(-i theta/2 PP), as RXX...).
+_BRAKET_NAMES = {
+    "sdg": "si",
+    "tdg": "ti",
+    "cx": "cnot",
+    "p": "phaseshift",
+    "cp": "cphaseshift",
+    "rxx": "xx",
+    "ryy": "yy",
+    "rzz": "zz",
+}
 
 
-def _rotation_definition(name: str) -> ast.QuantumGateDefinition:
-    """qiskit's definition of RZZ/RXX/RYY: a ZZ rotation, in a rotated basis for XX and YY."""
-    a, b, theta = ast.Identifier("a"), ast.Identifier("b"), ast.Identifier("theta")
-    zz = [_call("cx", [], [a, b]), _call("rz", [theta], [b]), _call("cx", [], [a, b])]
-    if name == "rzz":
-        body = zz
-    elif name == "rxx":
-        body = [_call("h", [], [q]) for q in (a, b)] + zz + [_call("h", [], [q]) for q in (a, b)]
-    else:  # ryy
-        before = [_call("rx", [_half_pi()], [q]) for q in (a, b)]
-        body = before + zz + [_call("rx", [_half_pi(negative=True)], [q]) for q in (a, b)]
-    return ast.QuantumGateDefinition(ast.Identifier(name), [theta], [a, b], body)
+@dataclass(frozen=True)
+class _Dialect:
+    """How one dialect writes a program."""
+
+    summary: str
+    tools: tuple[str, ...]
+    include: bool  # include "stdgates.inc"
+    register: bool  # qubit[n] q; else one `qubit q<i>;` per qubit
+    definitions: str  # gate definitions written when used, dependencies first
+    names: Mapping[str, str] = field(default_factory=dict)  # IR gate -> name written
 
 
-_DEFINED_GATES = frozenset({"rzz", "rxx", "ryy"})
-_DEFINITIONS = {name: openqasm3.dumps(_rotation_definition(name)) for name in _DEFINED_GATES}
+_DIALECTS = {
+    "portable": _Dialect(
+        "no include; every gate used is defined over U, gphase and ctrl @ U; one qubit per "
+        "declaration (q0, q1, ...)",
+        (_QISKIT, _BRAKET, _PENNYLANE),
+        include=False,
+        register=False,
+        definitions=_OVER_U,
+    ),
+    "qiskit": _Dialect(
+        "stdgates.inc included; rzz, rxx, ryy defined",
+        (_QISKIT,),
+        include=True,
+        register=True,
+        definitions=_ROTATIONS,
+    ),
+    "braket": _Dialect(
+        "Braket's built-in gates (cnot, si, ti, phaseshift, cphaseshift, xx, yy, zz); crx, cry, "
+        "crz defined over them",
+        (_BRAKET,),
+        include=False,
+        register=True,
+        definitions=_BRAKET_CONTROLLED,
+        names=_BRAKET_NAMES,
+    ),
+    "pennylane": _Dialect(
+        "PennyLane's built-in gates; rzz, rxx, ryy defined, so one qubit per declaration (q0, "
+        "q1, ...): PennyLane cannot call a defined gate on q[i]",
+        (_PENNYLANE,),
+        include=False,
+        register=False,
+        definitions=_ROTATIONS,
+    ),
+}
+DIALECTS: tuple[str, ...] = tuple(_DIALECTS)
+DEFAULT_DIALECT = "portable"
+# Gates no tool knows without the definition the program carries.
+_NEED_DEFINITION = frozenset({"rzz", "rxx", "ryy"})
+# Names of IR gates in stdgates.inc and in Braket, accepted on reading.
+_READ_ALIASES = {**_STDGATES_ALIASES, **{v: k for k, v in _BRAKET_NAMES.items()}}
+
+
+def check_dialect(dialect: str) -> str:
+    """``dialect`` if it is one of :data:`DIALECTS`; a ValueError naming them otherwise."""
+    if dialect not in _DIALECTS:
+        raise ValueError(
+            f"unknown OpenQASM dialect {dialect!r}; choose one of {', '.join(DIALECTS)} "
+            f"(default {DEFAULT_DIALECT}: runs in qiskit, Braket and PennyLane alike)"
+        )
+    return dialect
+
+
+@functools.cache
+def _definitions(source: str) -> dict[str, ast.QuantumGateDefinition]:
+    """The parsed gate definitions of a table, by name, in table order (parsed once, on use)."""
+    program = openqasm3.parse("OPENQASM 3.0;\n" + source)
+    return {node.name.name: node for node in program.statements}
+
+
+def _needed_definitions(source: str, names: set[str]) -> list[ast.QuantumGateDefinition]:
+    """The definitions of ``names`` and of the gates their bodies call, dependencies first."""
+    table = _definitions(source)
+    needed: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in table and name not in needed:
+            needed.add(name)
+            todo += [g.name.name for g in table[name].body if isinstance(g, ast.QuantumGate)]
+    return [node for name, node in table.items() if name in needed]
+
+
+@functools.cache
+def _accepted_definitions() -> dict[str, frozenset[str]]:
+    """Gate name -> the printed definitions of it that some dialect writes."""
+    accepted: dict[str, set[str]] = {}
+    for spec in _DIALECTS.values():
+        for name, node in _definitions(spec.definitions).items():
+            accepted.setdefault(name, set()).add(openqasm3.dumps(node))
+    return {name: frozenset(texts) for name, texts in accepted.items()}
 
 
 def _check_z_observables(circuit: Circuit) -> None:
@@ -170,8 +319,12 @@ def _bound_values(name: str, values: Sequence[float], size: int) -> list[float]:
 # --------------------------------------------------------------------------------------------
 
 
-def _comments(circuit: Circuit, layer: str | None, inputs: str, weights: str) -> str:
+def _comments(circuit: Circuit, layer: str | None, inputs: str, weights: str, dialect: str) -> str:
     n = circuit.n_qubits
+    spec = _DIALECTS[dialect]
+    qubit = (
+        f"{QUBIT_REGISTER}[i]" if spec.register else f"{QUBIT_REGISTER}i ({QUBIT_REGISTER}0, ...)"
+    )
     lines = [
         "QWTHN adapter quantum circuit, exported by qwthn-onnx",
         f"layer: {layer!r}" if layer is not None else "layer: (not given)",
@@ -181,9 +334,11 @@ def _comments(circuit: Circuit, layer: str | None, inputs: str, weights: str) ->
         "read them from the measured bits: <Z_i> = P(c[i]=0) - P(c[i]=1); a product of Z's is "
         "the mean of (-1)^(sum of its bits)",
         f"name map: circuit input i -> {INPUT_PREFIX}i, weight j -> {WEIGHT_PREFIX}j, "
-        f"qubit i -> {QUBIT_REGISTER}[i], its measurement -> {BIT_REGISTER}[i]",
+        f"qubit i -> {qubit}, its measurement -> {BIT_REGISTER}[i]",
         f"the @{OBSERVABLES_ANNOTATION} annotation on the measurement holds the observables "
         "for machines",
+        f"OpenQASM dialect: {dialect} ({spec.summary})",
+        "runs exactly in: " + "; ".join(spec.tools),
     ]
     return "".join(f"// {line}\n" for line in lines)
 
@@ -206,14 +361,18 @@ def circuit_to_qasm3(
     weights_as_inputs: bool = False,
     inputs: Sequence[float] | None = None,
     layer: str | None = None,
+    dialect: str = DEFAULT_DIALECT,
 ) -> str:
     """The circuit as an OpenQASM 3 program that measures every qubit into ``c``.
 
     Inputs are ``input float[64] x_i`` unless ``inputs`` binds them to literals; weights are
     ``input float[64] theta_j`` when ``weights`` is None or ``weights_as_inputs`` (which then wins
-    over ``weights``), else literals. ``layer`` names the adapted layer in the comments. Raises
-    :class:`CircuitError` for X/Y observables or input/weight values of the wrong size.
+    over ``weights``), else literals. ``layer`` names the adapted layer in the comments;
+    ``dialect`` (one of :data:`DIALECTS`) chooses the form: ``portable`` runs in qiskit, Braket
+    and PennyLane alike. Raises :class:`CircuitError` for X/Y observables or input/weight values
+    of the wrong size, ValueError for an unknown dialect.
     """
+    spec = _DIALECTS[check_dialect(dialect)]
     _check_z_observables(circuit)
     bound: dict[str, list[float] | None] = {
         "input": None if inputs is None else _bound_values("inputs", inputs, circuit.n_inputs),
@@ -231,13 +390,18 @@ def circuit_to_qasm3(
             return ast.Identifier(parameter_name(param.kind, param.value))
         return _float_literal(values[param.value])
 
-    def qubit(wire: int) -> ast.IndexedIdentifier:
+    def qubit(wire: int) -> ast.Identifier | ast.IndexedIdentifier:
+        if not spec.register:
+            return ast.Identifier(f"{QUBIT_REGISTER}{wire}")
         return ast.IndexedIdentifier(ast.Identifier(QUBIT_REGISTER), [[ast.IntegerLiteral(wire)]])
 
+    def bit(wire: int) -> ast.IndexedIdentifier:
+        return ast.IndexedIdentifier(ast.Identifier(BIT_REGISTER), [[ast.IntegerLiteral(wire)]])
+
     n = circuit.n_qubits
-    used = {gate.name for gate in circuit.gates}
-    statements: list[ast.Statement] = [ast.Include(_STDGATES)]
-    statements += [_rotation_definition(name) for name in sorted(_DEFINED_GATES & used)]
+    used = {spec.names.get(gate.name, gate.name) for gate in circuit.gates}
+    statements: list[ast.Statement] = [ast.Include(_STDGATES)] if spec.include else []
+    statements += _needed_definitions(spec.definitions, used)
     statements += [
         ast.IODeclaration(
             ast.IOKeyword.input,
@@ -248,24 +412,42 @@ def circuit_to_qasm3(
         if values is None
         for i in range(sizes[kind])
     ]
-    statements.append(ast.QubitDeclaration(ast.Identifier(QUBIT_REGISTER), ast.IntegerLiteral(n)))
+    if spec.register:
+        register = ast.Identifier(QUBIT_REGISTER)
+        statements.append(ast.QubitDeclaration(register, ast.IntegerLiteral(n)))
+    else:
+        statements += [ast.QubitDeclaration(qubit(i), None) for i in range(n)]
     statements.append(
         ast.ClassicalDeclaration(
             ast.BitType(ast.IntegerLiteral(n)), ast.Identifier(BIT_REGISTER), None
         )
     )
     statements += [
-        _call(gate.name, [argument(p) for p in gate.params], [qubit(w) for w in gate.wires])
+        _call(
+            spec.names.get(gate.name, gate.name),
+            [argument(p) for p in gate.params],
+            [qubit(w) for w in gate.wires],
+        )
         for gate in circuit.gates
     ]
-    measure = ast.QuantumMeasurementStatement(
-        ast.QuantumMeasurement(ast.Identifier(QUBIT_REGISTER)), ast.Identifier(BIT_REGISTER)
-    )
-    measure.annotations = [ast.Annotation(OBSERVABLES_ANNOTATION, ",".join(circuit.observables))]
-    statements.append(measure)
+    if spec.register:
+        measures = [
+            ast.QuantumMeasurementStatement(
+                ast.QuantumMeasurement(register), ast.Identifier(BIT_REGISTER)
+            )
+        ]
+    else:
+        measures = [
+            ast.QuantumMeasurementStatement(ast.QuantumMeasurement(qubit(i)), bit(i))
+            for i in range(n)
+        ]
+    measures[0].annotations = [
+        ast.Annotation(OBSERVABLES_ANNOTATION, ",".join(circuit.observables))
+    ]
+    statements += measures
 
     described = {kind: _describe(kind, bound[kind], sizes[kind]) for kind in bound}
-    header = _comments(circuit, layer, described["input"], described["weight"])
+    header = _comments(circuit, layer, described["input"], described["weight"], dialect)
     return header + openqasm3.dumps(ast.Program(statements, version="3.0"))
 
 
@@ -343,7 +525,8 @@ class _Reader:
     """Collects a circuit from a parsed program, one top-level statement at a time."""
 
     def __init__(self) -> None:
-        self.qubits: str | None = None
+        self.qubits: str | None = None  # the register's name, when there is one
+        self.named: dict[str, int] = {}  # qubit name -> index, when declared one by one
         self.n_qubits = 0
         self.inputs: dict[str, Param] = {}
         self.defined: set[str] = set()
@@ -379,18 +562,29 @@ class _Reader:
             raise QasmError(f"{_line(node)}: only {_STDGATES!r} can be included.")
 
     def _qubit_declaration(self, node: ast.QubitDeclaration) -> None:
-        if self.qubits is not None or not isinstance(node.size, ast.IntegerLiteral):
+        """One register (``qubit[4] q;``) or single qubits (``qubit q0;``, index = order)."""
+        name = node.qubit.name
+        single = node.size is None and self.qubits is None and name not in self.named
+        if not single and (
+            self.qubits is not None or self.named or not isinstance(node.size, ast.IntegerLiteral)
+        ):
             raise QasmError(
-                f"{_line(node)}: declare exactly one qubit register of literal size, "
-                f"e.g. 'qubit[4] {QUBIT_REGISTER};'."
+                f"{_line(node)}: declare exactly one qubit register of literal size, e.g. "
+                f"'qubit[4] {QUBIT_REGISTER};', or distinct single qubits, e.g. 'qubit "
+                f"{QUBIT_REGISTER}0; qubit {QUBIT_REGISTER}1;', not both."
             )
+        size = self.n_qubits + 1 if single else node.size.value
         limit = max_qubits_limit()
-        if not 1 <= node.size.value <= limit:  # before anything is sized by the register
+        if not 1 <= size <= limit:  # before anything is sized by the register
             raise QasmError(
-                f"{_line(node)}: qubit[{node.size.value}]: a circuit has 1..{limit} qubits "
+                f"{_line(node)}: qubit[{size}]: a circuit has 1..{limit} qubits "
                 f"(raise the limit with ${MAX_QUBITS_ENV} if you have the memory)."
             )
-        self.qubits, self.n_qubits = node.qubit.name, node.size.value
+        if single:
+            self.named[name] = self.n_qubits
+        else:
+            self.qubits = name
+        self.n_qubits = size
 
     def _bit_declaration(self, node: ast.ClassicalDeclaration) -> None:
         if not isinstance(node.type, ast.BitType) or node.init_expression is not None:
@@ -414,23 +608,23 @@ class _Reader:
 
     def _gate_definition(self, node: ast.QuantumGateDefinition) -> None:
         name = node.name.name
-        if _DEFINITIONS.get(name) != openqasm3.dumps(node):
+        if openqasm3.dumps(node) not in _accepted_definitions().get(name, ()):
             raise QasmError(
                 f"{_line(node)}: unsupported definition of gate {name!r}; only the definitions "
-                f"of {sorted(_DEFINED_GATES)} that circuit_to_qasm3 writes are accepted. "
-                f"Supported gates: {sorted(GATES)}."
+                f"circuit_to_qasm3 writes (in any of the dialects {', '.join(DIALECTS)}) are "
+                f"accepted. Supported gates: {sorted(GATES)}."
             )
         self.defined.add(name)
 
     def _gate(self, node: ast.QuantumGate) -> None:
         where = _line(node)
         written = node.name.name
-        name = _STDGATES_ALIASES.get(written, written)
+        name = _READ_ALIASES.get(written, written)
         spec = GATES.get(name)
-        if spec is None or (name in _DEFINED_GATES and name not in self.defined):
+        if spec is None or (written in _NEED_DEFINITION and written not in self.defined):
             raise QasmError(
                 f"{where}: unsupported gate {written!r}; supported gates are {sorted(GATES)} "
-                f"({', '.join(sorted(_DEFINED_GATES))} with the gate definition "
+                f"({', '.join(sorted(_NEED_DEFINITION))} with the gate definition "
                 "circuit_to_qasm3 writes)."
             )
         if node.modifiers or node.duration is not None:
@@ -450,7 +644,7 @@ class _Reader:
     def _measure(self, node: ast.QuantumMeasurementStatement) -> None:
         operand = node.measure.qubit
         if isinstance(operand, ast.Identifier) and operand.name == self.qubits:
-            qubits = range(self.n_qubits)
+            qubits: Sequence[int] = range(self.n_qubits)
         else:
             qubits = [self._qubit(operand, _line(node))]
         self.measured += [q for q in qubits if q not in self.measured]
@@ -469,6 +663,8 @@ class _Reader:
         self.observables = observables
 
     def _qubit(self, operand: ast.QASMNode, where: str) -> int:
+        if isinstance(operand, ast.Identifier) and operand.name in self.named:
+            return self.named[operand.name]
         if (
             isinstance(operand, ast.IndexedIdentifier)
             and operand.name.name == self.qubits
@@ -479,10 +675,14 @@ class _Reader:
             and 0 <= operand.indices[0][0].value < self.n_qubits
         ):
             return operand.indices[0][0].value
-        raise QasmError(
-            f"{where}: qubit operand {_text(operand)!r} must be {self.qubits or QUBIT_REGISTER}[i] "
-            f"with a literal 0 <= i < {self.n_qubits} (after the qubit declaration)."
-        )
+        if self.named:
+            expected = f"one of the declared qubits {', '.join(self.named)}"
+        else:
+            expected = (
+                f"{self.qubits or QUBIT_REGISTER}[i] with a literal 0 <= i < {self.n_qubits} "
+                "(after the qubit declaration)"
+            )
+        raise QasmError(f"{where}: qubit operand {_text(operand)!r} must be {expected}.")
 
     def _param(self, expr: ast.Expression, where: str) -> Param:
         if isinstance(expr, ast.Identifier) and expr.name in self.inputs:
@@ -500,7 +700,7 @@ class _Reader:
         return Param.const(value)
 
     def circuit(self, n_inputs: int | None, n_weights: int | None) -> Circuit:
-        if self.qubits is None:
+        if not self.n_qubits:
             raise QasmError(
                 f"the program declares no qubit register ('qubit[n] {QUBIT_REGISTER};')."
             )

@@ -230,8 +230,8 @@ def test_an_edited_program_keeps_the_trained_weights_and_travels_everywhere(tmp_
     out = tmp_path / "out"
     export_model(path, out, ExportOptions(verify=False, qasm_weights_as_inputs=True))
     layer = model.adapted_modules[1]
-    text = _layer_program(out, layer).replace(
-        "\n@qwthn.observables", "\nrz(0.75) q[1];\nry(-0.5) q[2];\n@qwthn.observables"
+    text = _layer_program(out, layer).replace(  # the default (portable) names qubits q0, q1, ...
+        "\n@qwthn.observables", "\nrz(0.75) q1;\nry(-0.5) q2;\n@qwthn.observables"
     )
     (tmp_path / "edited.qasm").write_text(text)
     edited = tmp_path / "edited.pt"

@@ -203,7 +203,7 @@ def test_floats_survive_text_exactly():
     circuit = Circuit(2, gates, ("ZI",), n_inputs=1, n_weights=1)
     w, x = [float(np.float32(-0.7))], [1 / 7]
     text = circuit_to_qasm3(circuit, w, inputs=x)
-    assert "pi" not in text.split("OPENQASM 3.0;")[1]  # never printed as a multiple of pi
+    assert "pi" not in text.split("bit[2] c;")[1]  # never printed as a multiple of pi
     back = [g.params[0].value for g in qasm3_to_circuit(text).gates]
     assert back == [*EXACT, *w, *x]
     loaded = [float(i.operation.params[0]) for i in qiskit.qasm3.loads(text).data[: len(back)]]
@@ -227,7 +227,8 @@ def declarations(text: str) -> list[str]:
 
 def test_name_map_and_layout():
     circuit = paper_circuit(4, 1)
-    text = circuit_to_qasm3(circuit, layer="model.layers.3.self_attn.q_proj")
+    # the qiskit dialect's layout (the default's: tests/exporters/test_qasm_dialects.py)
+    text = circuit_to_qasm3(circuit, layer="model.layers.3.self_attn.q_proj", dialect="qiskit")
     assert text.index("//") < text.index("OPENQASM 3.0;") < text.index('include "stdgates.inc";')
     assert "layer: 'model.layers.3.self_attn.q_proj'" in text
     assert "<Z_i> = P(c[i]=0) - P(c[i]=1)" in text
