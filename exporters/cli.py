@@ -39,6 +39,7 @@ from qwthn_onnx.checkpoint import (
 )
 from qwthn_onnx.circuit import CircuitError
 from qwthn_onnx.mpo import MPOError
+from qwthn_onnx.qpu.compile_cli import add_compile_command, run_compile
 from qwthn_onnx.runtime.export_dir import ExportIntegrityError
 from qwthn_onnx.runtime.metadata import MetadataError
 
@@ -415,7 +416,8 @@ def build_qasm_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qwthn-qasm",
         description="The quantum part of a forward pass as a QPU job: bound OpenQASM programs "
-        "for a prompt, and their execution with shots on a qiskit backend.",
+        "for a prompt, their execution with shots on a qiskit backend, and what each layer "
+        "becomes when compiled for a device.",
     )
     p.add_argument("--version", action="version", version=f"qwthn-onnx {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -446,6 +448,7 @@ def build_qasm_parser() -> argparse.ArgumentParser:
     run.add_argument("--shots", type=int, default=4000)
     run.add_argument("--backend", choices=("basic", "aer"), default="basic")
     run.add_argument("--seed", type=int, default=0)
+    add_compile_command(sub)
     return p
 
 
@@ -480,6 +483,8 @@ def qasm_main(argv: list[str] | None = None) -> int:
                 f"wrote {len(index['programs'])} programs ({layers} layers x "
                 f"{len(index['tokens'])} tokens) and job.json to {args.output}/"
             )
+        elif args.command == "compile":
+            return run_compile(args)
         else:
             summary = run_job(args.job, args.shots, args.backend, args.seed)
             verdict = "all within 5 standard errors" if summary["within_5_stderr"] else "OUTSIDE"

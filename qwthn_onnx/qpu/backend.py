@@ -58,6 +58,7 @@ class LayerReport:
     gate_counts: dict[str, int]
     duration_s: float | None  # estimated from the device's gate durations (None when unknown)
     parameters: int  # free parameters left in the compiled circuit (the input angles)
+    readout_s: float | None = None  # the measurement at the end (slowest measured qubit)
 
 
 @dataclass

@@ -172,6 +172,7 @@ def _compiled(
         gate_counts=counts,
         duration_s=duration,
         parameters=len(qc.parameters),
+        readout_s=readout_s,
     )
     return CompiledLayer(
         layer=layer,

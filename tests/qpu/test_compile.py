@@ -260,3 +260,14 @@ def test_run_compile_refuses_bad_input(exported, tmp_path, capsys):
                 "5",
             ]
         )
+
+
+def test_qwthn_qasm_compile_is_a_subcommand(exported, capsys):
+    from exporters.cli import qasm_main
+
+    _, result, _ = exported("llama")
+    assert qasm_main(["compile", str(result.directory), "--device", "fake_sherbrooke"]) == 0
+    out = capsys.readouterr().out
+    assert "fake_sherbrooke" in out and "ecr" in out  # Sherbrooke's two-qubit gate
+    assert qasm_main(["compile", str(result.directory), "--device", "fake_mars"]) == 2
+    assert "unknown device 'fake_mars'" in capsys.readouterr().err
