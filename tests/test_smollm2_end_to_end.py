@@ -133,3 +133,31 @@ def test_a_triton_repository_entry_of_the_real_model(exported):
     assert (version / "model.onnx.data").stat().st_size > 500 * 2**20
     assert list(config.model_operations.op_library_filename) == ["/models/onnx/1/libqwthn_ops.so"]
     assert (version / "libqwthn_ops.so").is_file()
+
+
+def test_the_quantum_layers_on_an_emulated_ibm_device(exported, tmp_path):
+    """The 60 adapters' circuits run outside onnxruntime: with shot noise alone the trained
+    answer survives; compiled for IBM Torino and run under its noise model, every round of
+    layers is one job, and the device's noise shows in the error against the kernel."""
+    run = ["qwthn-run", "onnx", "-p", PROMPT, "-n", "6", "-q", "--quantum-seed", "0"]
+    reports = {}
+    texts = {}
+    for spec in ("aer", "aer:fake_torino"):
+        reports[spec] = tmp_path / f"{spec.replace(':', '_')}.json"
+        texts[spec] = _cli(
+            *run, "--quantum-backend", spec, "--shots", "4000",
+            "--quantum-report", str(reports[spec]), cwd=exported,
+        )  # fmt: skip
+    assert texts["aer"].startswith(ANSWER), texts["aer"]
+    shots_only = json.loads(reports["aer"].read_text())
+    noisy = json.loads(reports["aer:fake_torino"].read_text())
+    assert len(noisy["rounds"]) == 30 and all(len(r) == 2 for r in noisy["rounds"])  # q and v
+    assert len(noisy["layers"]) == 60
+    assert all(len(layer["physical_qubits"]) == 4 for layer in noisy["layers"])
+    assert all(
+        layer["two_qubit_gates"] > 0 and layer["duration_s"] > 0 for layer in noisy["layers"]
+    )
+    assert noisy["totals"]["jobs"] % 30 == 0 and noisy["totals"]["jobs"] >= 30
+    prompt_rows = noisy["jobs"][0]["rows"]
+    assert prompt_rows[0] == prompt_rows[1] > 5  # the prefill: every prompt token, both layers
+    assert noisy["totals"]["mean_abs_error"] > 2 * shots_only["totals"]["mean_abs_error"] > 0
