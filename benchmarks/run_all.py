@@ -2,7 +2,7 @@
 
     bash benchmarks/setup_peers.sh       # once: wrk, and the peer simulators in their own venv
     python benchmarks/run_all.py [--quick] [--only NAME,...]   # kernels mpo onnx export serving
-                                                         # deploy soak quality
+                                                         # deploy soak qpu quality
     python benchmarks/run_all.py --markdown-only     # rewrite BENCHMARKS.md from the results
 
 Each benchmark runs alone, one after the other (never two at once: they would slow each other),
@@ -117,6 +117,17 @@ BENCHMARKS = {
             "Serving soak: mixed valid and invalid load",
             "Minutes of valid and invalid requests from 32 clients: every answer checked, "
             "server RSS over time, threads and open fds before and after.",
+        ),
+        Benchmark(
+            "qpu",
+            "qpu_cost.py",
+            "Quantum layers on a QPU: quality and cost per token",
+            "The demo task's held-out prompts with the quantum layers exact, with shots only, "
+            "compiled for an IBM device under its noise model (raw and readout-mitigated) and on "
+            "Braket's local simulator: accuracy, logit error, jobs, circuits and estimated QPU "
+            "time per token.",
+            extra_args=("--plots", "{results}"),
+            needs=("matplotlib",),
         ),
         Benchmark(
             "quality",
