@@ -10,6 +10,9 @@ A spec is ``kind[:device]``. The kinds and what they run:
   account, or a fake device in qiskit-ibm-runtime's local testing mode (the same code path);
 * ``braket:local`` (``braket:dm``) — Amazon Braket's local simulator, through program sets.
 
+``mitigation="readout"`` wraps a device backend that samples (``aer:<device>``, ``ibm:<device>``
+with shots) in :class:`~qwthn_onnx.qpu.mitigation.ReadoutMitigated`.
+
 The quantum SDKs are imported only when their kind is asked for.
 """
 
@@ -42,9 +45,19 @@ def _unknown(spec: str) -> QPUError:
 
 
 def make_backend(
-    spec: str, *, shots: int | None = None, seed: int | None = None, noise: bool = True
+    spec: str,
+    *,
+    shots: int | None = None,
+    seed: int | None = None,
+    noise: bool = True,
+    mitigation: str | None = None,
 ) -> QuantumBackend:
-    """The backend ``spec`` names (see the module docstring); refuses bad specs and shots."""
+    """The backend ``spec`` names (see the module docstring), with ``mitigation`` (None or
+    ``"readout"``) applied; refuses bad specs, shots and mitigations."""
+    if mitigation is not None:
+        from qwthn_onnx.qpu.mitigation import mitigate
+
+        return mitigate(make_backend(spec, shots=shots, seed=seed, noise=noise), mitigation)
     shots = check_shots(shots)
     kind, _, device = spec.partition(":")
     try:
