@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a long run on a quantum backend is often stopped by hand
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     if backend is not None:
         _report_jobs(session, args.quantum_report, args.quiet)
     for prompt, result in zip(args.prompt, results, strict=True):
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         tokens = sum(len(r.token_ids) for r in results)
         runtime = "kernels" if session.kernels else "fallback functions"
+        if backend is not None:
+            runtime += f", quantum layers on {backend.name}"
         print(
             f"[{tokens} tokens in {seconds:.2f} s, {tokens / max(seconds, 1e-9):.1f} tokens/s, "
             f"onnxruntime with {runtime}; finish: {', '.join(r.finish_reason for r in results)}]",

@@ -154,7 +154,7 @@ def test_cli_refusals_name_the_problem(exported, tmp_path, capsys):
     assert "--shots needs --quantum-backend" in capsys.readouterr().err
 
 
-def test_an_interrupted_generation_leaves_no_report(exported, tmp_path, monkeypatch):
+def test_an_interrupted_generation_leaves_no_report(exported, tmp_path, monkeypatch, capsys):
     _, result, _ = exported("llama")
     report = tmp_path / "report.json"
 
@@ -163,6 +163,6 @@ def test_an_interrupted_generation_leaves_no_report(exported, tmp_path, monkeypa
 
     monkeypatch.setattr(ExactBackend, "run", interrupt)
     args = [str(result.directory), "-p", "1&2=", "--quantum-backend", "exact"]
-    with pytest.raises(KeyboardInterrupt):
-        run_main([*args, "--quantum-report", str(report)])
+    assert run_main([*args, "--quantum-report", str(report)]) == 130
     assert list(tmp_path.iterdir()) == []
+    assert "interrupted" in capsys.readouterr().err
