@@ -10,7 +10,8 @@ and asked the task's held-out prompts (greedy, batched) with its quantum layers 
 (a) exactly (the C++ kernel, what the ONNX node computes: the reference);
 (b) with shots only (qiskit-aer EstimatorV2 on the logical circuit) at several shot counts;
 (c) compiled for an IBM device (qiskit-ibm-runtime's offline fake backend) and run under its
-    noise model (qiskit-aer, ``NoiseModel.from_backend``), raw and with readout-error mitigation;
+    noise model (qiskit-aer with the fake backend's gate and readout errors on the qubits used),
+    raw and with readout-error mitigation;
 (d) on Amazon Braket's local simulator through program sets, with shots.
 
 Per configuration: exact-match accuracy on the task, agreement with the exact run's answers,
@@ -120,11 +121,14 @@ def cost_model(export: Path, device: str, quick: bool) -> dict[str, Any]:
     """Compiled depth/duration of the demo's layers and of the paper's circuit on ``device``,
     and the device's per-shot overhead (measurement + default repetition delay)."""
     import onnx
-    from onnx import numpy_helper
 
-    from exporters.hardware import layer_of_node, quantum_nodes
     from qwthn_onnx.circuit import paper_circuit
-    from qwthn_onnx.ops.schemas import circuit_from_node
+    from qwthn_onnx.ops.schemas import (
+        circuit_from_node,
+        layer_of_node,
+        quantum_layer_nodes,
+        quantum_layer_weights,
+    )
     from qwthn_onnx.qpu.compile import compile_layer
     from qwthn_onnx.qpu.devices import resolve_device
 
@@ -133,13 +137,9 @@ def cost_model(export: Path, device: str, quick: bool) -> dict[str, Any]:
     rep_delay = float(getattr(config, "default_rep_delay", 0.0) or 0.0)
     model = onnx.load(str(export / "model.onnx"), load_external_data=False)
     initializers = {t.name: t for t in model.graph.initializer}
-    node = quantum_nodes(model)[0]
-    demo = compile_layer(
-        layer_of_node(node),
-        circuit_from_node(node),
-        numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64),
-        backend,
-    )
+    node = quantum_layer_nodes(model)[0]
+    weights = quantum_layer_weights(node, initializers, str(export))
+    demo = compile_layer(layer_of_node(node), circuit_from_node(node), weights, backend)
     circuits = {"demo (4 qubits, 2 layers)": demo.report}
     if not quick:
         paper = paper_circuit(10, 10)
@@ -183,6 +183,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "jobs": totals["jobs"],
                 "circuits": totals["circuits"],
                 "circuits_per_token": totals.get("circuits_per_token"),
+                "qpu_s_per_token": totals.get("estimated_qpu_s_per_token"),
                 "seconds": run["seconds"],
                 "generated_tokens": run["generated_tokens"],
             }
@@ -200,15 +201,17 @@ def report(result: dict[str, Any]) -> str:
         f"batched, greedy, 4 new tokens; simulator seed {result['seed']}.",
         "",
         "| quantum layers run | accuracy | same answer as exact | logit error max / median "
-        "| quantum output error mean / max | jobs | circuits per token | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| quantum output error mean / max | jobs | circuits per token | est. QPU s per token "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        qpu = "" if r["qpu_s_per_token"] is None else f"{r['qpu_s_per_token']:.2f}"
         lines.append(
             f"| {r['label']} | {r['accuracy']:.0%} | {r['agreement']:.0%} | "
             f"{r['logit_error_max']:.3g} / {r['logit_error_median']:.3g} | "
             f"{r['quantum_error_mean']:.3g} / {r['quantum_error_max']:.3g} | {r['jobs']} | "
-            f"{r['circuits_per_token']:.1f} | {r['seconds']:.1f} |"
+            f"{r['circuits_per_token']:.1f} | {qpu} | {r['seconds']:.1f} |"
         )
     exact = rows[0]
     per_token = exact["circuits_per_token"]
@@ -243,10 +246,13 @@ def report(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Per decoded token and prompt at {shots} shots. The repetition delay, not the circuit, "
-        "dominates a shot. Not modelled: queueing, and the classical round trip per job (one "
-        "per decoder layer and step), which a provider adds on top; batching more prompts "
-        "into a step adds parameter sets to the same jobs, not jobs.",
+        "Est. QPU s per token (first table): the whole batch's estimated device time (prefill "
+        "included) over its generated tokens, from the compiled layers of that run; the second "
+        f"table: per decoded token and prompt at {shots} shots, for the circuit sizes shown. "
+        "The repetition delay, not the circuit, dominates a shot. Not modelled: queueing, "
+        "and the classical round trip per job (one per decoder layer and step), which a "
+        "provider adds on top; batching more prompts into a step adds parameter sets to the "
+        "same jobs, not jobs.",
     ]
     return "\n".join(lines)
 

@@ -24,7 +24,6 @@ from qiskit.quantum_info import Statevector
 
 from exporters.causal_lm import CacheGeometry, CausalLMWithCache
 from exporters.export import TOLERANCES as EXPORT_TOLERANCES
-from exporters.hardware import layer_of_node, quantum_nodes
 from exporters.onnx_import import import_onnx
 from exporters.qasm import qasm3_to_circuit
 from exporters.verify import verify_export
@@ -32,7 +31,7 @@ from qwthn_onnx.circuit import Circuit, Gate, Param, expectation_values
 from qwthn_onnx.circuit.qiskit_bridge import observables_to_qiskit
 from qwthn_onnx.circuit.sampling import ShotEstimator, deviation_in_standard_errors
 from qwthn_onnx.ops.models import quantum_layer_model
-from qwthn_onnx.ops.schemas import circuit_from_node
+from qwthn_onnx.ops.schemas import circuit_from_node, layer_of_node, quantum_layer_nodes
 from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.library import session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata
@@ -179,7 +178,7 @@ def crosscheck(
     report.checks.append(Check("(whole export)", "files = manifest", float(not intact), 0, intact))
     estimator = ShotEstimator(shots=shots, seed=seed)
     rng = np.random.default_rng(seed)
-    for node in quantum_nodes(proto):
+    for node in quantum_layer_nodes(proto):
         layer = layer_of_node(node)
         qasm_file = path.parent / export_dir.QASM_DIR / f"{layer}.qasm"
         if not qasm_file.is_file():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from exporters.qasm import (
     DEFAULT_DIALECT,
@@ -31,7 +31,12 @@ from exporters.qasm import (
 from qwthn_onnx._io import atomic_directory, atomic_write_text
 from qwthn_onnx.circuit import Circuit
 from qwthn_onnx.circuit.sampling import ShotEstimator, deviation_in_standard_errors
-from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
+from qwthn_onnx.ops.schemas import (
+    circuit_from_node,
+    layer_of_node,
+    quantum_layer_nodes,
+    quantum_layer_weights,
+)
 from qwthn_onnx.runtime import export_dir
 from qwthn_onnx.runtime.library import LibraryNotFoundError, session_options
 from qwthn_onnx.runtime.metadata import ExportMetadata
@@ -48,14 +53,12 @@ __all__ = [
     "JOB_INDEX",
     "QuantumCall",
     "capture_quantum_calls",
-    "layer_of_node",
     "run_job",
     "write_job",
 ]
 
 JOB_INDEX = "job.json"
 RESULTS = "results.json"
-_QNN_SUFFIX = ".qwthn.qnn"
 
 
 @dataclass
@@ -67,16 +70,6 @@ class QuantumCall:
     weights: np.ndarray
     inputs: np.ndarray
     outputs: np.ndarray
-
-
-def layer_of_node(node: onnx.NodeProto) -> str:
-    """The adapted layer a QuantumLayer node belongs to (the exporter names nodes after their
-    module, ``<layer>.qwthn.qnn``)."""
-    return node.name.removesuffix(_QNN_SUFFIX)
-
-
-def quantum_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == "QuantumLayer"]
 
 
 def _prefill_feed(meta: ExportMetadata, ids: list[int]) -> dict[str, np.ndarray]:
@@ -95,7 +88,7 @@ def capture_quantum_calls(model_path: str | Path, ids: list[int]) -> list[Quantu
     """Run a prefill of ``ids`` and return every QuantumLayer's inputs and outputs."""
     path = export_dir.model_path(model_path)
     model = onnx.load(str(path))
-    nodes = quantum_nodes(model)
+    nodes = quantum_layer_nodes(model)
     initializers = {t.name: t for t in model.graph.initializer}
     for node in nodes:
         for name in (node.input[0], node.output[0]):
@@ -112,7 +105,7 @@ def capture_quantum_calls(model_path: str | Path, ids: list[int]) -> list[Quantu
         QuantumCall(
             layer=layer_of_node(node),
             circuit=circuit_from_node(node),
-            weights=numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64),
+            weights=quantum_layer_weights(node, initializers),
             inputs=values[node.input[0]].astype(np.float64),
             outputs=values[node.output[0]].astype(np.float64),
         )

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = p.add_argument_group(
         "quantum backend",
         "run the adapters' circuits outside onnxruntime, each step's layers as batched jobs "
-        "(needs the qpu extra: pip install 'qwthn-onnx[qpu]'; docs/qpu.md)",
+        "(all but exact need the qpu extra: pip install 'qwthn-onnx[qpu]'; docs/qpu.md)",
     )
     q.add_argument(
         "--quantum-backend",
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "its noise) | ibm:<device> | braket:local; an unknown name lists the devices",
     )
     q.add_argument(
-        "--shots", type=int, help="shots per circuit (default: exact expectation values)"
+        "--shots",
+        type=int,
+        help="shots per circuit (default: exact expectation values; ibm:<device> needs shots)",
     )
     q.add_argument(
         "--noise",
@@ -106,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         ("--shots", args.shots),
         ("--mitigation", args.mitigation),
         ("--quantum-report", args.quantum_report),
+        ("--quantum-seed", args.quantum_seed),
+        ("--no-noise", None if args.noise else False),
+        ("--verbose", args.verbose or None),
     )
     for flag, value in quantum_only:
         if value is not None and args.quantum_backend is None:
             parser.error(f"{flag} needs --quantum-backend")
     kernels = {"auto": "auto", "on": True, "off": False}[args.kernels]
+    report = args.quantum_report
+    if report is not None and (report.is_dir() or not report.parent.is_dir()):
+        parser.error(f"--quantum-report {report}: not a file in an existing directory")
     try:
         backend = None
         if args.quantum_backend is not None:
@@ -167,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a long run on a quantum backend is often stopped by hand
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    if backend is not None:
-        _report_jobs(session, args.quantum_report, args.quiet)
     for prompt, result in zip(args.prompt, results, strict=True):
         print(result.text if args.quiet or args.chat else f"{prompt}{result.text}")
+    if backend is not None:
+        tokens = sum(len(r.token_ids) for r in results)
+        _report_jobs(session, args.quantum_report, args.quiet, tokens)
     if not args.quiet:
         tokens = sum(len(r.token_ids) for r in results)
         runtime = "kernels" if session.kernels else "fallback functions"
@@ -194,12 +203,12 @@ def _print_job(job: JobRecord) -> None:
     )
 
 
-def _report_jobs(session: QWTHNSession, path: Path | None, quiet: bool) -> None:
+def _report_jobs(session: QWTHNSession, path: Path | None, quiet: bool, tokens: int) -> None:
     """The jobs' totals on stderr and, with ``--quantum-report``, everything as JSON."""
     from qwthn_onnx.qpu.mitigation import ReadoutMitigated
     from qwthn_onnx.qpu.report import generation_report
 
-    report = generation_report(session.session)
+    report = generation_report(session.session, generated_tokens=tokens)
     if isinstance(session.session.backend, ReadoutMitigated):
         report["mitigation"] = session.session.backend.summary()
     if path is not None:

@@ -31,7 +31,10 @@ __all__ = [
     "DOMAIN",
     "OPSET_VERSION",
     "circuit_from_node",
+    "layer_of_node",
     "quantum_layer_attributes",
+    "quantum_layer_nodes",
+    "quantum_layer_weights",
     "register_schemas",
     "render_reference",
     "schemas",
@@ -261,6 +264,33 @@ def quantum_layer_attributes(circuit: Circuit) -> dict[str, Any]:
     data = encode(circuit).as_dict()
     constants = np.asarray(data.pop("constants"), dtype=np.float64)
     return {**data, "constants": numpy_helper.from_array(constants, name="constants")}
+
+
+QNN_NODE_SUFFIX = ".qwthn.qnn"  # the exporter names a QuantumLayer node <adapted module> + this
+
+
+def quantum_layer_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The model's QuantumLayer nodes (top-level graph), in graph order."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == "QuantumLayer"]
+
+
+def layer_of_node(node: onnx.NodeProto) -> str:
+    """The adapted layer a QuantumLayer node belongs to (``<layer>.qwthn.qnn``)."""
+    return node.name.removesuffix(QNN_NODE_SUFFIX)
+
+
+def quantum_layer_weights(
+    node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], base_dir: str | None = None
+) -> np.ndarray:
+    """A QuantumLayer's trained weights (float64, flat) from its initializer ``node.input[1]``;
+    ``base_dir`` locates weights stored outside the model file."""
+    tensor = initializers.get(node.input[1]) if len(node.input) > 1 else None
+    if tensor is None:
+        raise CircuitError(
+            f"QuantumLayer node {node.name!r}: its weights are not an initializer of the model; "
+            "give a model written by qwthn-export"
+        )
+    return numpy_helper.to_array(tensor, base_dir=base_dir or "").astype(np.float64).reshape(-1)
 
 
 def circuit_from_node(node: onnx.NodeProto, max_qubits: int | None = None) -> Circuit:

@@ -29,6 +29,7 @@ __all__ = [
     "QPUError",
     "QuantumBackend",
     "check_shots",
+    "logical_report",
 ]
 
 
@@ -105,12 +106,14 @@ class QuantumBackend(ABC):
 
     ``name`` is the spec it was built from (e.g. ``"aer:fake_torino"``); ``shots`` the shots per
     parameter set (None: exact expectations). ``num_qubits`` is the device's width (None: no
-    limit), checked in :meth:`prepare` before any compilation.
+    limit), checked in :meth:`prepare` before any compilation; ``rep_delay_s`` its default
+    repetition delay, when it has one.
     """
 
     name: str
     shots: int | None = None
     num_qubits: int | None = None
+    rep_delay_s: float | None = None  # the device's default wait between shots (cost model)
 
     def __init__(self) -> None:
         self.reports: dict[str, LayerReport] = {}
@@ -141,7 +144,8 @@ class QuantumBackend(ABC):
         """
 
 
-def _logical_report(layer: str, circuit: Circuit) -> LayerReport:
+def logical_report(layer: str, circuit: Circuit) -> LayerReport:
+    """What a layer is before any compilation: its own gates, depth and qubits."""
     counts: dict[str, int] = {}
     for gate in circuit.gates:
         counts[gate.name] = counts.get(gate.name, 0) + 1
@@ -181,7 +185,7 @@ class ExactBackend(QuantumBackend):
 
     def _prepare(self, layer: str, circuit: Circuit, weights: np.ndarray) -> LayerReport:
         self._encoded[layer] = self._encode(circuit)
-        return _logical_report(layer, circuit)
+        return logical_report(layer, circuit)
 
     def run(self, calls: Sequence[LayerCall]) -> list[np.ndarray]:
         from qwthn_onnx import native

@@ -59,8 +59,8 @@ from .backend import (
     LayerReport,
     QPUError,
     QuantumBackend,
-    _logical_report,
     check_shots,
+    logical_report,
 )
 
 __all__ = ["DEVICES", "BraketLocalBackend"]
@@ -198,7 +198,7 @@ class BraketLocalBackend(QuantumBackend):
             exact_program=_exact_program(program, circuit.n_qubits),
             signs=_signs(circuit),
         )
-        return _logical_report(layer, circuit)
+        return logical_report(layer, circuit)
 
     def _checked(self, call: LayerCall) -> tuple[_BraketLayer, np.ndarray]:
         """The call's prepared layer and its inputs as float64 ``[N, n_inputs]``, or a refusal."""

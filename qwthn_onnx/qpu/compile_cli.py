@@ -17,8 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qwthn_onnx._io import atomic_write_text
 from qwthn_onnx.circuit.ir import CircuitError
 
@@ -36,10 +34,13 @@ def compile_model(
     for ``device``, in graph order."""
     import onnx
     from google.protobuf.message import DecodeError
-    from onnx import external_data_helper, numpy_helper
 
-    from exporters.hardware import layer_of_node, quantum_nodes
-    from qwthn_onnx.ops.schemas import circuit_from_node
+    from qwthn_onnx.ops.schemas import (
+        circuit_from_node,
+        layer_of_node,
+        quantum_layer_nodes,
+        quantum_layer_weights,
+    )
     from qwthn_onnx.runtime import export_dir
 
     level = check_optimization_level(optimization_level)
@@ -51,19 +52,14 @@ def compile_model(
         raise QPUError(
             f"{path} is not a readable ONNX model ({e}); give a qwthn-export output"
         ) from e
-    nodes = quantum_nodes(model)
+    nodes = quantum_layer_nodes(model)
     if not nodes:
         raise QPUError(f"{path} has no ai.qwthn QuantumLayer nodes: nothing to compile.")
     initializers = {t.name: t for t in model.graph.initializer}
     compiled = []
     for node in nodes:
         layer = layer_of_node(node)
-        tensor = initializers.get(node.input[1]) if len(node.input) > 1 else None
-        if tensor is None:
-            raise QPUError(f"{path}: the weights of QuantumLayer {node.name!r} are missing.")
-        if external_data_helper.uses_external_data(tensor):
-            external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
-        weights = numpy_helper.to_array(tensor).astype(np.float64).reshape(-1)
+        weights = quantum_layer_weights(node, initializers, str(path.parent))
         compiled.append(
             compile_layer(
                 layer,
@@ -137,6 +133,12 @@ def run_compile(args: argparse.Namespace) -> int:
         layers = compile_model(args.export, args.device, args.optimization_level, args.seed)
     except (CircuitError, ExportIntegrityError, FileNotFoundError) as e:  # QPUError included
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # the fake devices come with qiskit-ibm-runtime
+        print(
+            f"error: qwthn-qasm compile needs the qpu extra ({e}); pip install 'qwthn-onnx[qpu]'",
+            file=sys.stderr,
+        )
         return 2
     totals: dict[str, int] = {}
     for c in layers:

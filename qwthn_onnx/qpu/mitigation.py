@@ -108,6 +108,7 @@ class ReadoutMitigated(QuantumBackend):
         self.name = f"{inner.name}+readout"
         self.shots = inner.shots
         self.num_qubits = inner.num_qubits
+        self.rep_delay_s = inner.rep_delay_s
         self.reports = inner.reports
         self.calibration_shots = check_shots(calibration_shots) or inner.shots
         self.calibrations: list[ReadoutCalibration] = []
@@ -188,7 +189,7 @@ class ReadoutMitigated(QuantumBackend):
         circuits = [_prepared(device, width, ()), _prepared(device, width, qubits)]
         seed = None if self.inner.seed is None else int(self._seeds.integers(1, 2**31 - 1))
         start = time.perf_counter()
-        job = self.inner._estimator(seed).run(
+        job = self.inner.estimator(seed).run(
             [(c, [observables]) for c in circuits],
             precision=precision_for_shots(self.calibration_shots),
         )

@@ -29,16 +29,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from qwthn_onnx.circuit.ir import Circuit
-from qwthn_onnx.ops.schemas import DOMAIN, circuit_from_node
-from qwthn_onnx.qpu.backend import ExactBackend, JobRecord, LayerCall, QuantumBackend
+from qwthn_onnx.ops.schemas import (
+    DOMAIN,
+    circuit_from_node,
+    layer_of_node,
+    quantum_layer_nodes,
+    quantum_layer_weights,
+)
+from qwthn_onnx.qpu.backend import ExactBackend, JobRecord, LayerCall, QPUError, QuantumBackend
 from qwthn_onnx.runtime.signature import ATTENTION_MASK, INPUT_IDS
 
 __all__ = ["OffloadSession", "QuantumNode", "TensorInfo"]
 
-_QNN_SUFFIX = ".qwthn.qnn"
+_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 @dataclass(frozen=True)
@@ -127,10 +133,13 @@ class OffloadSession:
         self.path = Path(path)
         self.backend = backend
         self.options = options or ort.SessionOptions()
+        # The stages are built from bytes; weights stored beside the model stay on disk and
+        # onnxruntime reads each stage's own from there (no copy in memory, no 2 GiB limit).
+        self.options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(self.path.parent))
         self.on_job = on_job
         self.jobs: list[JobRecord] = []
         self._exact = ExactBackend()
-        model = onnx.load(str(self.path))
+        model = onnx.load(str(self.path), load_external_data=False)
         self._model = model
         self._meta = _Meta(model)
         self._inputs = [_tensor_info(v) for v in model.graph.input]
@@ -172,6 +181,7 @@ class OffloadSession:
     def _cut(
         self, model: onnx.ModelProto
     ) -> tuple[list[QuantumNode], list[_Stage], list[list[QuantumNode]]]:
+        _check_quantum_nodes(model, self.path)
         graph = model.graph
         initializers = {t.name: t for t in graph.initializer}
         level: dict[str, int] = {v.name: 0 for v in graph.input}
@@ -196,9 +206,9 @@ class OffloadSession:
             r = max((level.get(n, 0) for n in inputs), default=0)
             if node.domain == DOMAIN and node.op_type == "QuantumLayer":
                 q = QuantumNode(
-                    layer=node.name.removesuffix(_QNN_SUFFIX),
+                    layer=layer_of_node(node),
                     circuit=circuit_from_node(node),
-                    weights=numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64),
+                    weights=quantum_layer_weights(node, initializers, str(self.path.parent)),
                     input=node.input[0],
                     output=node.output[0],
                 )
@@ -270,14 +280,14 @@ class OffloadSession:
         values: dict[str, np.ndarray],
         active: np.ndarray | None,
     ) -> None:
-        calls, exact_calls, shapes = [], [], []
+        calls, exact_calls, node_inputs = [], [], []
         for node in nodes:
             x = values[node.input]
             flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
             rows = flat if active is None or active.size != flat.shape[0] else flat[active]
             calls.append(LayerCall(node.layer, node.circuit, node.weights, rows))
             exact_calls.append(LayerCall(node.layer, node.circuit, node.weights, flat))
-            shapes.append(x)
+            node_inputs.append(x)
         start = time.perf_counter()
         estimates = self.backend.run(calls) if any(c.inputs.shape[0] for c in calls) else []
         wall = time.perf_counter() - start
@@ -292,7 +302,7 @@ class OffloadSession:
                 else:
                     errors.append(np.abs(estimates[i] - result[active]).ravel())
                     result[active] = estimates[i]
-            x = shapes[i]
+            x = node_inputs[i]
             values[node.output] = result.reshape(*x.shape[:-1], result.shape[-1]).astype(x.dtype)
         error = np.concatenate(errors) if errors else np.zeros(0)
         record = JobRecord(
@@ -309,6 +319,47 @@ class OffloadSession:
         self.jobs.append(record)
         if self.on_job is not None:
             self.on_job(record)
+
+
+def _check_quantum_nodes(model: onnx.ModelProto, path: Path) -> None:
+    """Every QuantumLayer must be a top-level node with a layer name of its own: the backends
+    compile and cache each layer by name, and a node inside a subgraph or function would stay
+    in onnxruntime unseen."""
+    top = quantum_layer_nodes(model)
+    if not top:
+        raise QPUError(
+            f"{path} has no ai.qwthn QuantumLayer nodes: there is nothing to run on a quantum "
+            "backend (run it without --quantum-backend)"
+        )
+    names = [layer_of_node(node) for node in top]
+    repeated = sorted({n for n in names if names.count(n) > 1 or not n})
+    if repeated:
+        raise QPUError(
+            f"{path}: QuantumLayer nodes without a name of their own ({repeated!r}); the "
+            "backends tell layers apart by node name: re-export with qwthn-export"
+        )
+    nested = [
+        f.name
+        for f in model.functions
+        for n in f.node
+        if n.domain == DOMAIN and n.op_type == "QuantumLayer"
+    ] + [n.name for n in model.graph.node if _nested_quantum(n)]
+    if nested:
+        raise QPUError(
+            f"{path}: QuantumLayer nodes inside functions or control flow ({nested!r}) cannot be "
+            "run on a quantum backend; only top-level nodes can"
+        )
+
+
+def _nested_quantum(node: onnx.NodeProto) -> bool:
+    for attribute in node.attribute:
+        for graph in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
+            for inner in graph.node:
+                if (inner.domain == DOMAIN and inner.op_type == "QuantumLayer") or _nested_quantum(
+                    inner
+                ):
+                    return True
+    return False
 
 
 def _with_constants(

@@ -95,6 +95,7 @@ class QiskitEstimatorBackend(QuantumBackend):
         self.device = device
         self.shots = shots
         self.num_qubits = device.num_qubits if device is not None else None
+        self.rep_delay_s = _default_rep_delay(device)
         self.seed = seed
         self.optimization_level = optimization_level
         self.compiled: dict[str, CompiledLayer] = {}
@@ -110,18 +111,18 @@ class QiskitEstimatorBackend(QuantumBackend):
             optimization_level=self.optimization_level,
             seed=TRANSPILE_SEED,
         )
-        self._compiled(compiled)
+        self._on_compiled(compiled)
         self.compiled[layer] = compiled
         return compiled.report
 
-    def _compiled(self, compiled: CompiledLayer) -> None:
+    def _on_compiled(self, compiled: CompiledLayer) -> None:
         """Called once per new layer, before it is used (e.g. to extend the noise model)."""
 
     def _pub_circuit(self, compiled: CompiledLayer) -> QuantumCircuit:
         return compiled.circuit
 
     @abstractmethod
-    def _estimator(self, seed: int | None) -> BaseEstimatorV2:
+    def estimator(self, seed: int | None) -> BaseEstimatorV2:
         """The estimator for one job, seeded with ``seed`` where it samples."""
 
     def _next_seed(self) -> int | None:
@@ -150,13 +151,22 @@ class QiskitEstimatorBackend(QuantumBackend):
             pubs.append(pub)
         if pubs:
             precision = 0.0 if self.shots is None else precision_for_shots(self.shots)
-            job = self._estimator(self._next_seed()).run(pubs, precision=precision)
+            job = self.estimator(self._next_seed()).run(pubs, precision=precision)
             self.last_result = job.result()
             for (index, n), pub_result in zip(rows, self.last_result, strict=True):
                 evs = np.asarray(pub_result.data.evs, dtype=np.float64)
                 # a circuit without inputs ran once: every row has its value
                 results[index] = np.broadcast_to(evs.reshape(-1, evs.shape[-1]), (n, evs.shape[-1]))
         return [np.array(r, dtype=np.float64) for r in results]
+
+
+def _default_rep_delay(device: BackendV2 | None) -> float | None:
+    """IBM devices wait this long between shots (seconds; from the backend's configuration)."""
+    configuration = getattr(device, "configuration", None)
+    if configuration is None:
+        return None
+    delay = getattr(configuration(), "default_rep_delay", None)
+    return float(delay) if delay else None
 
 
 _DEVICE_ERRORS: dict[str, tuple[list[tuple[str, tuple[int, ...], Any]], dict[int, Any]]] = {}
@@ -226,7 +236,7 @@ class AerBackend(QiskitEstimatorBackend):
         self._exact_noisy: dict[str, QuantumCircuit] = {}
         self._cached_estimator: BaseEstimatorV2 | None = None
 
-    def _compiled(self, compiled: CompiledLayer) -> None:
+    def _on_compiled(self, compiled: CompiledLayer) -> None:
         if not self.noise:
             return
         if self.shots is None:
@@ -275,7 +285,7 @@ class AerBackend(QiskitEstimatorBackend):
     def _pub_circuit(self, compiled: CompiledLayer) -> QuantumCircuit:
         return self._exact_noisy.get(compiled.layer, compiled.circuit)
 
-    def _estimator(self, seed: int | None) -> BaseEstimatorV2:
+    def estimator(self, seed: int | None) -> BaseEstimatorV2:
         estimator = self._cached_estimator
         if estimator is None:
             if self.shots is None:
@@ -368,7 +378,7 @@ class IBMRuntimeBackend(QiskitEstimatorBackend):
         if not self.local:
             self._runtime.options.resilience_level = 0
 
-    def _estimator(self, seed: int | None) -> BaseEstimatorV2:
+    def estimator(self, seed: int | None) -> BaseEstimatorV2:
         if self.local and seed is not None:
             self._runtime.options.simulator.seed_simulator = seed
         return self._runtime

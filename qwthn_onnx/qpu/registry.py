@@ -18,6 +18,8 @@ The quantum SDKs are imported only when their kind is asked for.
 
 from __future__ import annotations
 
+import importlib.util
+
 from qwthn_onnx.qpu.backend import ExactBackend, QPUError, QuantumBackend, check_shots
 
 __all__ = ["KINDS", "make_backend"]
@@ -59,27 +61,56 @@ def make_backend(
 
         return mitigate(make_backend(spec, shots=shots, seed=seed, noise=noise), mitigation)
     shots = check_shots(shots)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise QPUError(f"the seed must be an integer >= 0, got {seed!r}.")
     kind, _, device = spec.partition(":")
-    try:
-        if kind == "exact" and not device:
-            if shots is not None:
-                raise QPUError("the exact backend takes no shots; use aer for shot noise.")
-            return ExactBackend()
-        if kind == "aer":
-            from qwthn_onnx.qpu.qiskit_backends import AerBackend
-
-            return AerBackend(device or None, shots=shots, seed=seed, noise=noise)
-        if kind == "ibm" and device:
-            from qwthn_onnx.qpu.qiskit_backends import IBMRuntimeBackend
-
-            return IBMRuntimeBackend(device, shots=shots, seed=seed)
-        if kind == "braket":
-            from qwthn_onnx.qpu.braket_backend import BraketLocalBackend
-
-            return BraketLocalBackend(device or None, shots=shots, seed=seed)
-    except ImportError as e:
+    if not noise and not (kind == "aer" and device):
         raise QPUError(
-            f"quantum backend {spec!r} needs a package that is not installed ({e}); "
-            "pip install 'qwthn-onnx[qpu]'"
-        ) from e
+            f"noise=False (--no-noise) applies to aer:<device> only; {spec!r} has no noise "
+            "model to turn off."
+        )
+    _check_installed(spec, _PACKAGES.get(kind, ()))
+    if kind == "exact" and not device:
+        if shots is not None:
+            raise QPUError("the exact backend takes no shots; use aer for shot noise.")
+        return ExactBackend()
+    if kind == "aer":
+        from qwthn_onnx.qpu.qiskit_backends import AerBackend
+
+        return AerBackend(device or None, shots=shots, seed=seed, noise=noise)
+    if kind == "ibm" and device:
+        from qwthn_onnx.qpu.qiskit_backends import IBMRuntimeBackend
+
+        if shots is None:
+            raise QPUError(f"{spec}: IBM Runtime's estimator samples; give the shots (--shots N).")
+        return IBMRuntimeBackend(device, shots=shots, seed=seed)
+    if kind == "braket":
+        from qwthn_onnx.qpu.braket_backend import BraketLocalBackend
+
+        return BraketLocalBackend(device or None, shots=shots, seed=seed)
     raise _unknown(spec)
+
+
+# What each kind imports (checked before anything is built, so a missing package is named
+# instead of failing in the middle of a generation).
+_PACKAGES = {
+    "aer": ("qiskit", "qiskit_aer", "qiskit_ibm_runtime"),
+    "ibm": ("qiskit", "qiskit_aer", "qiskit_ibm_runtime"),
+    "braket": ("braket.devices", "braket.default_simulator"),
+}
+
+
+def _check_installed(spec: str, modules: tuple[str, ...]) -> None:
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package of a dotted name is missing
+            found = False
+        if not found:
+            missing.append(module.split(".")[0])
+    if missing:
+        raise QPUError(
+            f"quantum backend {spec!r} needs {', '.join(dict.fromkeys(missing))}, which is not "
+            "installed; pip install 'qwthn-onnx[qpu]'"
+        )

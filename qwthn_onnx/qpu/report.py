@@ -1,12 +1,13 @@
 """What running the quantum layers on a backend took, and what it would cost on the device.
 
 The cost model, per job: every parameter set (one (prompt, token) row of one layer) runs
-``shots`` times, and each shot takes the compiled circuit's duration (from the device's gate
-durations: :attr:`~qwthn_onnx.qpu.backend.LayerReport.duration_s`) plus a per-shot overhead
-(measurement, reset and the repetition delay the device waits between shots; the caller gives
-it, e.g. the device's default repetition delay). It leaves out queueing, compilation and the
-classical round trip between jobs, which a real provider adds per job; ``jobs`` says how many
-round trips a generation needs.
+``shots`` times, and each shot takes the compiled circuit's gate time (from the device's gate
+durations: :attr:`~qwthn_onnx.qpu.backend.LayerReport.duration_s`), its readout
+(``readout_s``) and the repetition delay the device waits between shots
+(:attr:`~qwthn_onnx.qpu.backend.QuantumBackend.rep_delay_s`, the device's default); a caller
+may give its own per-shot overhead instead of readout + delay. It leaves out queueing,
+compilation, calibration jobs and the classical round trip between jobs, which a real provider
+adds per job; ``jobs`` says how many round trips a generation needs.
 """
 
 from __future__ import annotations
@@ -21,27 +22,37 @@ __all__ = ["estimated_qpu_seconds", "generation_report"]
 
 
 def estimated_qpu_seconds(
-    session: OffloadSession, job: JobRecord, shot_overhead_s: float
+    session: OffloadSession, job: JobRecord, shot_overhead_s: float | None = None
 ) -> float | None:
-    """Device time of ``job``'s shots by the cost model above; None without shots or durations."""
+    """Device time of ``job``'s shots by the cost model above; None without shots or durations.
+
+    ``shot_overhead_s`` None: each layer's readout plus the device's repetition delay."""
     if job.shots is None:
         return None
     total = 0.0
     for layer, rows in zip(job.layers, job.rows, strict=True):
-        duration = session.backend.reports[layer].duration_s
-        if duration is None:
+        report = session.backend.reports[layer]
+        if report.duration_s is None:
             return None
-        total += rows * job.shots * (duration + shot_overhead_s)
+        overhead = shot_overhead_s
+        if overhead is None:
+            overhead = (report.readout_s or 0.0) + (session.backend.rep_delay_s or 0.0)
+        total += rows * job.shots * (report.duration_s + overhead)
     return total
 
 
 def generation_report(
-    session: OffloadSession, *, generated_tokens: int | None = None, shot_overhead_s: float = 0.0
+    session: OffloadSession,
+    *,
+    generated_tokens: int | None = None,
+    shot_overhead_s: float | None = None,
 ) -> dict[str, Any]:
     """Jobs, per-layer compiled forms and totals of everything ``session`` has run so far."""
     jobs = session.jobs
     circuits = sum(j.circuits for j in jobs)
-    errors = [(j.max_abs_error, j.mean_abs_error, j.circuits) for j in jobs if j.max_abs_error]
+    errors = [
+        (j.max_abs_error, j.mean_abs_error, j.circuits) for j in jobs if j.max_abs_error is not None
+    ]
     qpu = [estimated_qpu_seconds(session, j, shot_overhead_s) for j in jobs]
     totals: dict[str, Any] = {
         "jobs": len(jobs),
@@ -63,6 +74,7 @@ def generation_report(
         "backend": session.backend.name,
         "shots": session.backend.shots,
         "shot_overhead_s": shot_overhead_s,
+        "rep_delay_s": session.backend.rep_delay_s,
         "rounds": [[q.layer for q in nodes] for nodes in session.rounds],
         "layers": [asdict(session.backend.reports[q.layer]) for q in session.quantum_nodes],
         "jobs": [j.as_dict() for j in jobs],

@@ -150,4 +150,6 @@ def generate_tokens(
             ):
                 past[past_name] = outputs[present_name]
         new_ids = tokens[:, None].astype(np.int64)
-        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        # A finished sequence's new position is masked: its output is thrown away, and a model
+        # whose quantum layers run on a QPU then sends no circuits for it.
+        mask = np.concatenate([mask, (~done)[:, None].astype(np.int64)], axis=1)

@@ -123,7 +123,7 @@ class QWTHNSession:
                 self.session = ort.InferenceSession(
                     str(self.path), options, providers=["CPUExecutionProvider"]
                 )
-        except CircuitError:  # a backend that cannot take a layer (too wide, bad spec)
+        except (CircuitError, ImportError):  # a backend that cannot take a layer, or is missing
             raise
         except Exception as e:  # onnxruntime raises its own exception types
             if weights_checked is not None:

@@ -1,5 +1,5 @@
 """benchmarks/qpu_cost.py on a tiny export: every configuration runs, the report and JSON hold
-what the README quotes, and the numbers behave (exact is exact, noise costs accuracy of values)."""
+every column, and the numbers behave (exact is exact, more shots and less noise, less error)."""
 
 from __future__ import annotations
 

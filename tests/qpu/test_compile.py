@@ -271,3 +271,19 @@ def test_qwthn_qasm_compile_is_a_subcommand(exported, capsys):
     assert "fake_sherbrooke" in out and "ecr" in out  # Sherbrooke's two-qubit gate
     assert qasm_main(["compile", str(result.directory), "--device", "fake_mars"]) == 2
     assert "unknown device 'fake_mars'" in capsys.readouterr().err
+
+
+def test_qwthn_qasm_compile_names_the_missing_extra(exported, monkeypatch, capsys):
+    import sys
+
+    from exporters.cli import qasm_main
+    from qwthn_onnx.qpu import devices
+
+    _, result, _ = exported("llama")
+    devices._fake_backends.cache_clear()
+    monkeypatch.setitem(sys.modules, "qiskit_ibm_runtime", None)  # as if not installed
+    try:
+        assert qasm_main(["compile", str(result.directory), "--device", "fake_torino"]) == 2
+    finally:
+        devices._fake_backends.cache_clear()
+    assert "pip install 'qwthn-onnx[qpu]'" in capsys.readouterr().err

@@ -9,8 +9,10 @@ import pytest
 
 from qwthn_onnx.cli.run import main as run_main
 from qwthn_onnx.qpu.backend import ExactBackend, LayerCall, QPUError
+from qwthn_onnx.qpu.offload import OffloadSession
 from qwthn_onnx.qpu.registry import make_backend
 from qwthn_onnx.qpu.report import generation_report
+from qwthn_onnx.runtime.generation import GenerationConfig
 from qwthn_onnx.runtime.session import QWTHNSession
 from qwthn_onnx.runtime.signature import empty_cache, position_ids
 
@@ -166,3 +168,108 @@ def test_an_interrupted_generation_leaves_no_report(exported, tmp_path, monkeypa
     assert run_main([*args, "--quantum-report", str(report)]) == 130
     assert list(tmp_path.iterdir()) == []
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_each_prompt_in_a_padded_batch_sees_only_its_own_rows(exported):
+    """A biased backend gives each prompt of a left-padded batch exactly what it gives that
+    prompt alone; a finished sequence sends no circuits in later steps."""
+    _, result, _ = exported("llama")
+    prompts = ["12&34=", "5&6=", "777&1="]
+    batched = QWTHNSession(result.directory, quantum=ShiftedBackend(0.05)).generate(prompts, 5)
+    for prompt, together in zip(prompts, batched, strict=True):
+        alone = QWTHNSession(result.directory, quantum=ShiftedBackend(0.05)).generate(prompt, 5)
+        assert alone == together
+    # the first prompt's first token becomes a stop token: that sequence ends after step 0
+    backend = ShiftedBackend(0.05)
+    session = QWTHNSession(result.directory, quantum=backend)
+    ids = [session.encode(p) for p in prompts]
+    stop = batched[0].token_ids[0]
+    config = GenerationConfig(max_new_tokens=5, stop_token_ids=(stop,))
+    new = session.generate_ids(ids, config)
+    assert len(new[0]) == 1 and max(map(len, new)) > 2  # one finished early, others went on
+    decode_jobs = backend.jobs[2:]  # after the prefill's two rounds, two rounds per step
+    for k, job in enumerate(decode_jobs):
+        step = k // 2 + 1  # the step feeds each sequence's token `step - 1`
+        live = sum(len(tokens) > step for tokens in new)
+        assert all(call.inputs.shape[0] == live for call in job), (step, new)
+
+
+def test_layers_without_names_of_their_own_are_refused(exported, tmp_path):
+    import onnx
+
+    _, result, _ = exported("llama")
+    model = onnx.load(str(result.directory / "model.onnx"))
+    for node in model.graph.node:
+        if node.op_type == "QuantumLayer":
+            node.name = ""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(QPUError, match="without a name of their own"):
+        OffloadSession(path, ExactBackend())
+
+
+def test_a_model_without_quantum_layers_is_refused(tmp_path):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(QPUError, match=r"no ai\.qwthn QuantumLayer nodes"):
+        OffloadSession(path, ExactBackend())
+
+
+def test_more_refusals_before_any_work(monkeypatch):
+    with pytest.raises(QPUError, match="seed must be an integer >= 0"):
+        make_backend("aer", shots=10, seed=-1)
+    with pytest.raises(QPUError, match="give the shots"):
+        make_backend("ibm:fake_torino")
+    with pytest.raises(QPUError, match="applies to aer:<device> only"):
+        make_backend("braket:local", noise=False)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "qiskit_aer" else real(name)
+    )
+    with pytest.raises(QPUError, match=r"needs qiskit_aer, which is not installed.*\[qpu\]"):
+        make_backend("aer:fake_torino", shots=10)
+
+
+def test_cli_checks_the_report_path_and_quantum_flags_first(exported, tmp_path, capsys):
+    _, result, _ = exported("llama")
+    base = [str(result.directory), "-p", "1&2="]
+    for extra, message in (
+        (["--quantum-backend", "exact", "--quantum-report", str(tmp_path)], "not a file"),
+        (["--quantum-seed", "3"], "--quantum-seed needs --quantum-backend"),
+        (["--no-noise"], "--no-noise needs --quantum-backend"),
+    ):
+        with pytest.raises(SystemExit):
+            run_main([*base, *extra])
+        assert message in capsys.readouterr().err
+
+
+def test_the_cost_model_counts_readout_and_the_repetition_delay(exported):
+    _, result, _ = exported("llama")
+    backend = make_backend("aer:fake_torino", shots=100, seed=1, noise=False)
+    session = QWTHNSession(result.directory, quantum=backend)
+    session.generate("1&2=", 1)
+    report = generation_report(session.session)
+    assert report["rep_delay_s"] == pytest.approx(250e-6)
+    per_shot = {
+        r["layer"]: r["duration_s"] + r["readout_s"] + report["rep_delay_s"]
+        for r in report["layers"]
+    }
+    expected = sum(
+        rows * 100 * per_shot[layer]
+        for job in report["jobs"]
+        for layer, rows in zip(job["layers"], job["rows"], strict=True)
+    )
+    assert report["totals"]["estimated_qpu_s"] == pytest.approx(expected)
+    gates_only = generation_report(session.session, shot_overhead_s=0.0)
+    assert gates_only["totals"]["estimated_qpu_s"] < expected / 20
