@@ -215,10 +215,13 @@ def _report_jobs(session: QWTHNSession, path: Path | None, quiet: bool, tokens: 
         atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     if not quiet:
         totals = report["totals"]
+        qpu = totals["estimated_qpu_s"]
         print(
             f"[{totals['jobs']} quantum jobs on {report['backend']}: {totals['circuits']} "
             f"circuits, {totals['wall_s']:.2f} s; max |error| against exact "
-            f"{totals['max_abs_error']:.3g}, mean {totals['mean_abs_error']:.3g}]",
+            f"{totals['max_abs_error']:.3g}, mean {totals['mean_abs_error']:.3g}"
+            + ("" if qpu is None else f"; estimated device time {qpu:.2f} s")
+            + "]",
             file=sys.stderr,
         )
         if "mitigation" in report:
