@@ -117,20 +117,56 @@ class QuantumBackend(ABC):
 
     def __init__(self) -> None:
         self.reports: dict[str, LayerReport] = {}
+        self._prepared: dict[str, tuple[Circuit, np.ndarray]] = {}
 
     def prepare(self, layer: str, circuit: Circuit, weights: np.ndarray) -> LayerReport:
         """Compile ``layer`` once (cached by name); returns what it became on this backend."""
-        report = self.reports.get(layer)
-        if report is None:
-            if self.num_qubits is not None and circuit.n_qubits > self.num_qubits:
-                raise QPUError(
-                    f"layer {layer!r}: its circuit has {circuit.n_qubits} qubits, but "
-                    f"{self.name} has {self.num_qubits}; choose a wider device or train with "
-                    "fewer qubits (--n-qubits)."
-                )
-            report = self._prepare(layer, circuit, np.asarray(weights, dtype=np.float64))
-            self.reports[layer] = report
+        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if layer in self._prepared:
+            self._check_same(layer, circuit, weights, "prepared again")
+            return self.reports[layer]
+        if self.num_qubits is not None and circuit.n_qubits > self.num_qubits:
+            raise QPUError(
+                f"layer {layer!r}: its circuit has {circuit.n_qubits} qubits, but "
+                f"{self.name} has {self.num_qubits}; choose a wider device or train with "
+                "fewer qubits (--n-qubits)."
+            )
+        report = self._prepare(layer, circuit, weights)
+        self.reports[layer] = report
+        self._prepared[layer] = (circuit, weights.copy())
         return report
+
+    def check_call(self, call: LayerCall) -> np.ndarray:
+        """``call``'s inputs as float64 ``[N, n_inputs]``, once the call is known to be for the
+        circuit and weights its layer was prepared (compiled) with; refuses anything else."""
+        if call.layer not in self._prepared:
+            raise QPUError(
+                f"layer {call.layer!r} was not prepared on {self.name}; call "
+                "prepare(layer, circuit, weights) once before running it."
+            )
+        circuit, _ = self._prepared[call.layer]
+        self._check_same(call.layer, call.circuit, np.asarray(call.weights), "run")
+        inputs = np.asarray(call.inputs, dtype=np.float64)
+        if inputs.ndim != 2 or inputs.shape[1] != circuit.n_inputs:
+            raise QPUError(
+                f"layer {call.layer!r} on {self.name}: inputs must be [N, {circuit.n_inputs}] "
+                f"(one row of angles per evaluation), got shape {inputs.shape}."
+            )
+        if not np.isfinite(inputs).all():
+            raise QPUError(f"layer {call.layer!r} on {self.name}: inputs contain NaN or infinity.")
+        return inputs
+
+    def _check_same(self, layer: str, circuit: Circuit, weights: np.ndarray, what: str) -> None:
+        prepared_circuit, prepared_weights = self._prepared[layer]
+        same = circuit == prepared_circuit and (
+            weights.shape == prepared_weights.shape
+            and np.array_equal(weights.astype(np.float64), prepared_weights)
+        )
+        if not same:
+            raise QPUError(
+                f"layer {layer!r} {what} on {self.name} with another circuit or other weights "
+                "than it was compiled with; give each layer a name of its own."
+            )
 
     @abstractmethod
     def _prepare(self, layer: str, circuit: Circuit, weights: np.ndarray) -> LayerReport:
@@ -190,12 +226,13 @@ class ExactBackend(QuantumBackend):
     def run(self, calls: Sequence[LayerCall]) -> list[np.ndarray]:
         from qwthn_onnx import native
 
+        inputs = [self.check_call(call) for call in calls]
         return [
             native.quantum_forward(
                 self._encoded[call.layer],
-                np.ascontiguousarray(call.inputs, dtype=np.float64),
+                np.ascontiguousarray(x),
                 np.ascontiguousarray(call.weights, dtype=np.float64),
                 self.threads,
             )
-            for call in calls
+            for call, x in zip(calls, inputs, strict=True)
         ]

@@ -202,31 +202,8 @@ class BraketLocalBackend(QuantumBackend):
 
     def _checked(self, call: LayerCall) -> tuple[_BraketLayer, np.ndarray]:
         """The call's prepared layer and its inputs as float64 ``[N, n_inputs]``, or a refusal."""
-        prepared = self.layers.get(call.layer)
-        if prepared is None:
-            raise QPUError(
-                f"layer {call.layer!r} was not prepared on {self.name}; call "
-                "prepare(layer, circuit, weights) once before running it."
-            )
-        where = f"layer {call.layer!r} on {self.name}"
-        if call.circuit != prepared.circuit:
-            raise QPUError(f"{where}: the call's circuit is not the one prepared for the layer.")
-        weights = np.asarray(call.weights, dtype=np.float64)
-        if weights.shape != prepared.weights.shape or not np.array_equal(weights, prepared.weights):
-            raise QPUError(
-                f"{where}: the call's weights differ from those prepared (they are compiled "
-                "into the program); prepare the layer again under a new name to change them."
-            )
-        inputs = np.asarray(call.inputs, dtype=np.float64)
-        n_inputs = prepared.circuit.n_inputs
-        if inputs.ndim != 2 or inputs.shape[1] != n_inputs:
-            raise QPUError(
-                f"{where}: inputs must be [N, {n_inputs}] (one row of angles per evaluation), "
-                f"got shape {inputs.shape}."
-            )
-        if not np.isfinite(inputs).all():
-            raise QPUError(f"{where}: inputs contain NaN or infinity.")
-        return prepared, inputs
+        inputs = self.check_call(call)
+        return self.layers[call.layer], inputs
 
     def run(self, calls: Sequence[LayerCall]) -> list[np.ndarray]:
         """Execute ``calls`` as one job; ``[N, n_observables]`` float64 per call, in order."""

@@ -135,11 +135,10 @@ class QiskitEstimatorBackend(QuantumBackend):
         results: list[np.ndarray | None] = []
         pubs: list[tuple[Any, ...]] = []
         rows: list[tuple[int, int]] = []  # (index in results, N) of each PUB
-        for call in calls:
-            compiled = self.compiled.get(call.layer)
-            if compiled is None:
-                raise QPUError(f"layer {call.layer!r} was not prepared on {self.name}.")
-            values = compiled.parameter_values(call.inputs)
+        checked = [self.check_call(call) for call in calls]  # every refusal before any work
+        for call, inputs in zip(calls, checked, strict=True):
+            compiled = self.compiled[call.layer]
+            values = compiled.parameter_values(inputs)
             if len(values) == 0:  # Aer crashes on an empty parameter set
                 results.append(np.zeros((0, len(compiled.observables))))
                 continue

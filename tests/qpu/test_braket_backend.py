@@ -173,8 +173,8 @@ def test_x_observables_are_refused():
         (LayerCall("layer", CIRCUIT, WEIGHTS, INPUTS[:, :3]), r"inputs must be \[N, 4\]"),
         (LayerCall("layer", CIRCUIT, WEIGHTS, INPUTS[0]), r"got shape \(4,\)"),
         (LayerCall("layer", CIRCUIT, WEIGHTS, INPUTS * np.nan), "NaN or infinity"),
-        (LayerCall("layer", CIRCUIT, WEIGHTS + 1, INPUTS), "weights differ from those prepared"),
-        (LayerCall("layer", paper_circuit(4, 1), WEIGHTS, INPUTS), "circuit is not the one"),
+        (LayerCall("layer", CIRCUIT, WEIGHTS + 1, INPUTS), "other weights than it was compiled"),
+        (LayerCall("layer", paper_circuit(4, 1), WEIGHTS, INPUTS), "another circuit or other"),
     ],
 )
 def test_bad_calls_are_refused_before_any_work(call, message, device_runs):

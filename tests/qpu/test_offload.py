@@ -273,3 +273,23 @@ def test_the_cost_model_counts_readout_and_the_repetition_delay(exported):
     assert report["totals"]["estimated_qpu_s"] == pytest.approx(expected)
     gates_only = generation_report(session.session, shot_overhead_s=0.0)
     assert gates_only["totals"]["estimated_qpu_s"] < expected / 20
+
+
+@pytest.mark.parametrize("spec", ["exact", "aer"])
+def test_every_backend_refuses_a_layer_name_reused_for_another_circuit(spec):
+    from qwthn_onnx.circuit import paper_circuit
+
+    backend = make_backend(spec)
+    circuit, other = paper_circuit(3, 1), paper_circuit(3, 2)
+    weights = np.zeros(circuit.n_weights)
+    backend.prepare("q_proj", circuit, weights)
+    with pytest.raises(QPUError, match="another circuit or other weights"):
+        backend.prepare("q_proj", other, np.zeros(other.n_weights))
+    with pytest.raises(QPUError, match="another circuit or other weights"):
+        backend.run([LayerCall("q_proj", circuit, weights + 1, np.zeros((2, 3)))])
+    with pytest.raises(QPUError, match=r"inputs must be \[N, 3\]"):
+        backend.run([LayerCall("q_proj", circuit, weights, np.zeros((2, 4)))])
+    assert backend.run([LayerCall("q_proj", circuit, weights, np.zeros((2, 3)))])[0].shape == (
+        2,
+        3,
+    )
