@@ -6,9 +6,9 @@ IR and simulator, MPO layer, adapters for transformers models, training and ``mo
 the onnxruntime side (custom-op library, session options).
 """
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+
+from qwthn_onnx._lazy import lazy_exports
 
 try:
     __version__ = version("qwthn-onnx")
@@ -44,18 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "AdapterError",

@@ -23,8 +23,7 @@ also speaks OpenAI's API and Triton's generate, configuration and statistics ext
   resources from ``/proc``, stop with SIGTERM).
 """
 
-import importlib
-from typing import Any
+from qwthn_onnx._lazy import lazy_exports
 
 # Imported on first use (PEP 562): the CLI reads the repository and starts loading models
 # before the web stack (FastAPI, pydantic) is imported.
@@ -39,8 +38,4 @@ _LAZY = {
 __all__ = ["ModelRepository", "RepositoryError", "Settings", "create_app", "discover"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -4,7 +4,7 @@ The IR and presets are plain Python and numpy; the simulator (PyTorch) is import
 use, so deploy-side readers of circuits (the op schemas, the server) never load torch.
 """
 
-from typing import Any
+from qwthn_onnx._lazy import lazy_exports
 
 from .ir import GATES, Circuit, CircuitError, Gate, Param
 from .presets import ANSATZE, build_ansatz, hardware_efficient_circuit, paper_circuit
@@ -27,9 +27,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SIMULATOR:
-        from . import simulator
-
-        return getattr(simulator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(_SIMULATOR, ".simulator"))

@@ -7,30 +7,19 @@ layers on it as batched jobs (:mod:`.offload`), recorded for :func:`.report.gene
 The quantum SDKs are imported only by the backends that need them.
 """
 
-import importlib
-from typing import Any
+from qwthn_onnx._lazy import lazy_exports
 
-_LAZY = {
-    "ExactBackend": ("backend", "ExactBackend"),
-    "JobRecord": ("backend", "JobRecord"),
-    "LayerCall": ("backend", "LayerCall"),
-    "LayerReport": ("backend", "LayerReport"),
-    "QPUError": ("backend", "QPUError"),
-    "QuantumBackend": ("backend", "QuantumBackend"),
-    "OffloadSession": ("offload", "OffloadSession"),
-    "make_backend": ("registry", "make_backend"),
-    "generation_report": ("report", "generation_report"),
+_EXPORTS = {
+    "ExactBackend": ".backend",
+    "JobRecord": ".backend",
+    "LayerCall": ".backend",
+    "LayerReport": ".backend",
+    "QPUError": ".backend",
+    "QuantumBackend": ".backend",
+    "OffloadSession": ".offload",
+    "make_backend": ".registry",
+    "generation_report": ".report",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _LAZY[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,33 +5,22 @@ Names are imported on first use (PEP 562): reading an export directory's format
 (``qwthn_onnx.runtime.export_dir``) does not load onnxruntime or numpy.
 """
 
-import importlib
-from typing import Any
+from qwthn_onnx._lazy import lazy_exports
 
-_LAZY = {
-    "ExportIntegrityError": ("export_dir", "ExportIntegrityError"),
-    "check_export_integrity": ("export_dir", "check_integrity"),
-    "GenerationConfig": ("generation", "GenerationConfig"),
-    "GenerationError": ("generation", "GenerationError"),
-    "LibraryNotFoundError": ("library", "LibraryNotFoundError"),
-    "get_library_path": ("library", "get_library_path"),
-    "session_options": ("library", "session_options"),
-    "ExportMetadata": ("metadata", "ExportMetadata"),
-    "MetadataError": ("metadata", "MetadataError"),
-    "FallbackWarning": ("session", "FallbackWarning"),
-    "Generation": ("session", "Generation"),
-    "QWTHNSession": ("session", "QWTHNSession"),
+_EXPORTS = {
+    "ExportIntegrityError": ".export_dir",
+    "check_export_integrity": ".export_dir:check_integrity",
+    "GenerationConfig": ".generation",
+    "GenerationError": ".generation",
+    "LibraryNotFoundError": ".library",
+    "get_library_path": ".library",
+    "session_options": ".library",
+    "ExportMetadata": ".metadata",
+    "MetadataError": ".metadata",
+    "FallbackWarning": ".session",
+    "Generation": ".session",
+    "QWTHNSession": ".session",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _LAZY[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
