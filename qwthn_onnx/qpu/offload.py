@@ -72,6 +72,7 @@ class _Stage:
     nodes: list[onnx.NodeProto]
     inputs: list[str]  # tensors fed from outside the stage (graph inputs, earlier results)
     outputs: list[str]  # tensors later stages, quantum nodes or the caller need
+    initializers: list[str]  # the model's initializers the stage reads
     session: ort.InferenceSession | None = None
 
 
@@ -95,23 +96,30 @@ def _tensor_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(value_info.name, _type_string(value_info), dims)
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a control-flow node carries in its attributes (If, Loop, Scan)."""
+    return [g for a in node.attribute for g in [*a.graphs, *([a.g] if a.HasField("g") else [])]]
+
+
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Outer-scope names a control-flow node's subgraphs read (implicit inputs)."""
     names: set[str] = set()
-    for attribute in node.attribute:
-        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
-        for graph in graphs:
-            local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-            for inner in graph.node:
-                local.update(inner.output)
-            for inner in graph.node:
-                used = set(inner.input) | _subgraph_inputs(inner)
-                names.update(n for n in used if n and n not in local)
+    for graph in _subgraphs(node):
+        local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        for inner in graph.node:
+            local.update(inner.output)
+        for inner in graph.node:
+            used = set(inner.input) | _subgraph_inputs(inner)
+            names.update(n for n in used if n and n not in local)
     return names
 
 
 def _node_inputs(node: onnx.NodeProto) -> set[str]:
     return {n for n in node.input if n} | _subgraph_inputs(node)
+
+
+def _is_quantum(node: onnx.NodeProto) -> bool:
+    return node.domain == DOMAIN and node.op_type == "QuantumLayer"
 
 
 class OffloadSession:
@@ -184,27 +192,27 @@ class OffloadSession:
         _check_quantum_nodes(model, self.path)
         graph = model.graph
         initializers = {t.name: t for t in graph.initializer}
+        nodes = list(graph.node)  # ONNX graphs are topologically sorted
+        reads = [_node_inputs(node) for node in nodes]
         level: dict[str, int] = {v.name: 0 for v in graph.input}
         level.update(dict.fromkeys(initializers, 0))
         # Nodes computed from initializers alone go into every stage that reads them, where
         # onnxruntime folds them once at session creation, instead of being recomputed in
         # stage 0 and passed along at every step.
-        constant: dict[str, tuple[int, onnx.NodeProto]] = {}
-        stage_nodes: dict[int, list[tuple[int, onnx.NodeProto]]] = {}
+        constant: dict[str, int] = {}  # tensor -> index of the constant node making it
+        stage_nodes: dict[int, list[int]] = {}
         rounds: dict[int, list[QuantumNode]] = {}
         quantum: list[QuantumNode] = []
-        nodes = list(graph.node)  # ONNX graphs are topologically sorted
         for index, node in enumerate(nodes):
-            inputs = _node_inputs(node)
             if (
-                all(n in initializers or n in constant for n in inputs)
-                and not _subgraph_inputs(node)
+                all(n in initializers or n in constant for n in reads[index])
+                and not _subgraphs(node)
                 and not node.op_type.startswith("Random")
             ):
-                constant.update(dict.fromkeys(node.output, (index, node)))
+                constant.update(dict.fromkeys(node.output, index))
                 continue
-            r = max((level.get(n, 0) for n in inputs), default=0)
-            if node.domain == DOMAIN and node.op_type == "QuantumLayer":
+            r = max((level.get(n, 0) for n in reads[index]), default=0)
+            if _is_quantum(node):
                 q = QuantumNode(
                     layer=layer_of_node(node),
                     circuit=circuit_from_node(node),
@@ -216,37 +224,40 @@ class OffloadSession:
                 rounds.setdefault(r, []).append(q)
                 level[q.output] = r + 1
             else:
-                stage_nodes.setdefault(r, []).append((index, node))
+                stage_nodes.setdefault(r, []).append(index)
                 level.update(dict.fromkeys(node.output, r))
         n_stages = max([*stage_nodes, *(r + 1 for r in rounds)], default=0) + 1
+        graph_outputs = {o.name for o in graph.output}
         needed_after: dict[int, set[str]] = {}  # tensors read at or after stage r
-        wanted = {o.name for o in graph.output}
+        wanted = set(graph_outputs)
         for r in range(n_stages - 1, -1, -1):
-            wanted |= {n for _, node in stage_nodes.get(r, []) for n in _node_inputs(node)}
+            wanted |= {n for index in stage_nodes.get(r, []) for n in reads[index]}
             wanted |= {q.input for q in rounds.get(r, [])}
             needed_after[r] = set(wanted)
-        graph_outputs = {o.name for o in graph.output}
         stages = []
         for r in range(n_stages):
-            nodes = _with_constants(stage_nodes.get(r, []), constant)
-            produced = [o for node in nodes for o in node.output if o]
+            chosen = _with_constants(stage_nodes.get(r, []), constant, reads)
+            produced = [o for index in chosen for o in nodes[index].output if o]
+            stage_reads = set().union(*(reads[index] for index in chosen))
             later = needed_after.get(r + 1, set()) | {q.input for q in rounds.get(r, [])}
-            consumed = sorted(
-                {n for node in nodes for n in _node_inputs(node)}
-                - set(produced)
-                - set(initializers)
-            )
             outputs = [
                 o for o in produced if (o in later and o not in constant) or o in graph_outputs
             ]
-            stages.append(_Stage(nodes, consumed, outputs))
+            stages.append(
+                _Stage(
+                    nodes=[nodes[index] for index in chosen],
+                    inputs=sorted(stage_reads - set(produced) - set(initializers)),
+                    outputs=outputs,
+                    initializers=sorted(stage_reads & set(initializers)),
+                )
+            )
         return quantum, stages, [rounds.get(r, []) for r in range(n_stages - 1)]
 
     def _session(self, stage: _Stage, values: dict[str, np.ndarray]) -> ort.InferenceSession:
         """The stage's session, built on first use: its inputs' types come from the values fed."""
         if stage.session is None:
             source = self._model
-            used = {n for node in stage.nodes for n in _node_inputs(node)}
+            used = set(stage.initializers)
             graph = helper.make_graph(
                 stage.nodes,
                 f"stage_{id(stage)}",
@@ -280,29 +291,25 @@ class OffloadSession:
         values: dict[str, np.ndarray],
         active: np.ndarray | None,
     ) -> None:
-        calls, exact_calls, node_inputs = [], [], []
+        calls, exact_calls, sent = [], [], []
         for node in nodes:
-            x = values[node.input]
-            flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            rows = flat if active is None or active.size != flat.shape[0] else flat[active]
-            calls.append(LayerCall(node.layer, node.circuit, node.weights, rows))
+            flat = values[node.input].reshape(-1, values[node.input].shape[-1]).astype(np.float64)
+            keep = active if active is not None and active.size == len(flat) else slice(None)
+            calls.append(LayerCall(node.layer, node.circuit, node.weights, flat[keep]))
             exact_calls.append(LayerCall(node.layer, node.circuit, node.weights, flat))
-            node_inputs.append(x)
+            sent.append(keep)
         start = time.perf_counter()
         estimates = self.backend.run(calls) if any(c.inputs.shape[0] for c in calls) else []
         wall = time.perf_counter() - start
-        exact = self._exact.run(exact_calls)
+        results = self._exact.run(exact_calls)  # what the ONNX node gives, every row
         errors = []
-        for i, node in enumerate(nodes):
-            result = exact[i].copy()
-            if estimates:
-                if active is None or active.size != result.shape[0]:
-                    errors.append(np.abs(estimates[i] - result).ravel())
-                    result = estimates[i]
-                else:
-                    errors.append(np.abs(estimates[i] - result[active]).ravel())
-                    result[active] = estimates[i]
-            x = node_inputs[i]
+        for result, keep, estimate in zip(
+            results, sent, estimates, strict=False
+        ):  # [] if none sent
+            errors.append(np.abs(estimate - result[keep]).ravel())
+            result[keep] = estimate
+        for node, result in zip(nodes, results, strict=True):
+            x = values[node.input]
             values[node.output] = result.reshape(*x.shape[:-1], result.shape[-1]).astype(x.dtype)
         error = np.concatenate(errors) if errors else np.zeros(0)
         record = JobRecord(
@@ -338,12 +345,8 @@ def _check_quantum_nodes(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: QuantumLayer nodes without a name of their own ({repeated!r}); the "
             "backends tell layers apart by node name: re-export with qwthn-export"
         )
-    nested = [
-        f.name
-        for f in model.functions
-        for n in f.node
-        if n.domain == DOMAIN and n.op_type == "QuantumLayer"
-    ] + [n.name for n in model.graph.node if _nested_quantum(n)]
+    nested = [f.name for f in model.functions if any(_is_quantum(n) for n in f.node)]
+    nested += [n.name for n in model.graph.node if _nested_quantum(n)]
     if nested:
         raise QPUError(
             f"{path}: QuantumLayer nodes inside functions or control flow ({nested!r}) cannot be "
@@ -352,28 +355,24 @@ def _check_quantum_nodes(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _nested_quantum(node: onnx.NodeProto) -> bool:
-    for attribute in node.attribute:
-        for graph in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
-            for inner in graph.node:
-                if (inner.domain == DOMAIN and inner.op_type == "QuantumLayer") or _nested_quantum(
-                    inner
-                ):
-                    return True
-    return False
+    return any(
+        _is_quantum(inner) or _nested_quantum(inner) for g in _subgraphs(node) for inner in g.node
+    )
 
 
 def _with_constants(
-    nodes: list[tuple[int, onnx.NodeProto]], constant: dict[str, tuple[int, onnx.NodeProto]]
-) -> list[onnx.NodeProto]:
-    """``nodes`` and the constant nodes they read, transitively, in graph order (each once)."""
-    chosen = dict(nodes)
-    pending = [n for _, node in nodes for n in _node_inputs(node) if n in constant]
+    chosen: list[int], constant: dict[str, int], reads: list[set[str]]
+) -> list[int]:
+    """Node indices ``chosen`` and those of the constant nodes they read, transitively, in
+    graph order (each once)."""
+    found = set(chosen)
+    pending = [n for index in chosen for n in reads[index] if n in constant]
     while pending:
-        index, node = constant[pending.pop()]
-        if index not in chosen:
-            chosen[index] = node
-            pending += [n for n in _node_inputs(node) if n in constant]
-    return [chosen[i] for i in sorted(chosen)]
+        index = constant[pending.pop()]
+        if index not in found:
+            found.add(index)
+            pending += [n for n in reads[index] if n in constant]
+    return sorted(found)
 
 
 def _active_rows(feed: dict[str, np.ndarray]) -> np.ndarray | None:
