@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from openai import OpenAI
 
@@ -138,14 +139,18 @@ def test_a_triton_repository_entry_of_the_real_model(exported):
 def test_the_quantum_layers_on_an_emulated_ibm_device(exported, tmp_path):
     """The 60 adapters' circuits run outside onnxruntime: with shot noise alone the trained
     answer survives; compiled for IBM Torino and run under its noise model, every round of
-    layers is one job, and the device's noise shows in the error against the kernel."""
-    run = ["qwthn-run", "onnx", "-p", PROMPT, "-n", "6", "-q", "--quantum-seed", "0"]
+    layers is one job, and the device's noise shows in the error against the kernel, which
+    readout mitigation then reduces."""
+
+    def run(tokens: int) -> list[str]:
+        return ["qwthn-run", "onnx", "-p", PROMPT, "-n", str(tokens), "-q", "--quantum-seed", "0"]
+
     reports = {}
     texts = {}
     for spec in ("aer", "aer:fake_torino"):
         reports[spec] = tmp_path / f"{spec.replace(':', '_')}.json"
         texts[spec] = _cli(
-            *run, "--quantum-backend", spec, "--shots", "4000",
+            *run(6), "--quantum-backend", spec, "--shots", "4000",
             "--quantum-report", str(reports[spec]), cwd=exported,
         )  # fmt: skip
     assert texts["aer"].startswith(ANSWER), texts["aer"]
@@ -161,3 +166,52 @@ def test_the_quantum_layers_on_an_emulated_ibm_device(exported, tmp_path):
     prompt_rows = noisy["jobs"][0]["rows"]
     assert prompt_rows[0] == prompt_rows[1] > 5  # the prefill: every prompt token, both layers
     assert noisy["totals"]["mean_abs_error"] > 2 * shots_only["totals"]["mean_abs_error"] > 0
+    assert noisy["totals"]["estimated_qpu_s"] > 0
+
+    # readout mitigation on the same device and seed: the prefill's jobs sample exactly what
+    # they sampled without it (calibration has its own seeds), and come out closer to exact
+    mitigated_path = tmp_path / "mitigated.json"
+    _cli(
+        *run(2), "--quantum-backend", "aer:fake_torino", "--shots", "4000",
+        "--mitigation", "readout", "--quantum-report", str(mitigated_path), cwd=exported,
+    )  # fmt: skip
+    mitigated = json.loads(mitigated_path.read_text())
+    assert mitigated["backend"] == "aer:fake_torino+readout"
+    assert mitigated["mitigation"]["calibrations"] and not mitigated["mitigation"]["skipped"]
+
+    def prefill_error(report):
+        jobs = report["jobs"][:30]
+        return sum(j["mean_abs_error"] * j["circuits"] for j in jobs) / sum(
+            j["circuits"] for j in jobs
+        )
+
+    assert prefill_error(mitigated) < prefill_error(noisy)
+
+
+def test_the_exported_programs_run_in_qiskit_braket_and_pennylane(exported):
+    """The default (portable) programs of the fine-tuned export, as written, in each tool."""
+    import onnx
+
+    from qwthn_onnx.ops.schemas import (
+        circuit_from_node,
+        layer_of_node,
+        quantum_layer_nodes,
+        quantum_layer_weights,
+    )
+    from tests.exporters.test_qasm_dialects import TOOLS, assert_runs_exactly
+
+    out = exported / "onnx"
+    index = json.loads((out / "qasm" / "index.json").read_text())
+    assert index["dialect"] == "portable" and len(index["layers"]) == 60
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    initializers = {t.name: t for t in model.graph.initializer}
+    nodes = quantum_layer_nodes(model)
+    rng = np.random.default_rng(0)
+    for node in (nodes[0], nodes[-1]):  # the first and the last adapted layer
+        circuit = circuit_from_node(node)
+        weights = quantum_layer_weights(node, initializers, str(out))
+        text = (out / "qasm" / index["layers"][layer_of_node(node)]["file"]).read_text()
+        x = rng.uniform(-np.pi, np.pi, circuit.n_inputs)
+        inputs = {f"x_{i}": float(v) for i, v in enumerate(x)}
+        for tool in TOOLS["portable"]:
+            assert_runs_exactly(tool, text, circuit, x, weights, inputs)
