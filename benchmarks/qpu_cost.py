@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -117,49 +118,24 @@ def run_config(
     }
 
 
-def cost_model(export: Path, device: str, quick: bool) -> dict[str, Any]:
-    """Compiled depth/duration of the demo's layers and of the paper's circuit on ``device``,
-    and the device's per-shot overhead (measurement + default repetition delay)."""
-    import onnx
-
+def cost_model(runs: list[dict[str, Any]], device: str, quick: bool) -> dict[str, Any]:
+    """The demo layer as the noisy run compiled it, the paper's circuit compiled the same way
+    (not quick), and the device's repetition delay, for the per-token table."""
     from qwthn_onnx.circuit import paper_circuit
-    from qwthn_onnx.ops.schemas import (
-        circuit_from_node,
-        layer_of_node,
-        quantum_layer_nodes,
-        quantum_layer_weights,
-    )
-    from qwthn_onnx.qpu.compile import compile_layer
-    from qwthn_onnx.qpu.devices import resolve_device
+    from qwthn_onnx.qpu.registry import make_backend
 
-    backend = resolve_device(device)
-    config = backend.configuration()
-    rep_delay = float(getattr(config, "default_rep_delay", 0.0) or 0.0)
-    model = onnx.load(str(export / "model.onnx"), load_external_data=False)
-    initializers = {t.name: t for t in model.graph.initializer}
-    node = quantum_layer_nodes(model)[0]
-    weights = quantum_layer_weights(node, initializers, str(export))
-    demo = compile_layer(layer_of_node(node), circuit_from_node(node), weights, backend)
-    circuits = {"demo (4 qubits, 2 layers)": demo.report}
+    noisy = next(run["report"] for run in runs if run["spec"] == f"aer:{device}")
+    circuits = {"demo (4 qubits, 2 layers)": noisy["layers"][0]}
     if not quick:
+        backend = make_backend(f"aer:{device}", shots=1, noise=False)  # compiles, no noise model
         paper = paper_circuit(10, 10)
         weights = np.random.default_rng(0).uniform(-np.pi, np.pi, paper.n_weights)
-        circuits["paper (10 qubits, 10 layers)"] = compile_layer(
-            "paper", paper, weights, backend
-        ).report
+        circuits["paper (10 qubits, 10 layers)"] = asdict(backend.prepare("paper", paper, weights))
+    keys = ("depth", "two_qubit_gates", "gate_counts", "duration_s", "readout_s")
     return {
         "device": device,
-        "rep_delay_s": rep_delay,
-        "circuits": {
-            name: {
-                "depth": r.depth,
-                "two_qubit_gates": r.two_qubit_gates,
-                "gate_counts": r.gate_counts,
-                "duration_s": r.duration_s,
-                "readout_s": r.readout_s,
-            }
-            for name, r in circuits.items()
-        },
+        "rep_delay_s": noisy["rep_delay_s"],
+        "circuits": {name: {k: c[k] for k in keys} for name, c in circuits.items()},
     }
 
 
@@ -321,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         for config in configurations(args.device, args.quick):
             log(f"{config['label']}: {n} prompts")
             runs.append(run_config(export, config, prompts, answers, args.seed))
-        cost = cost_model(export, args.device, args.quick)
+        cost = cost_model(runs, args.device, args.quick)
     exact_report = runs[0]["report"]
     result = {
         "machine": machine_info(),

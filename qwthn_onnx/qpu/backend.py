@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -69,25 +69,19 @@ class JobRecord:
     index: int
     backend: str
     layers: list[str]
-    circuits: int  # parameter sets executed (sum of N over the calls)
+    rows: list[int]  # parameter sets per layer, as in ``layers``
     shots: int | None  # per parameter set and observable group; None for exact expectations
     wall_s: float
     max_abs_error: float | None = None  # against ExactBackend on the same inputs
     mean_abs_error: float | None = None
-    rows: list[int] = field(default_factory=list)  # parameter sets per layer, as in ``layers``
+
+    @property
+    def circuits(self) -> int:
+        """Parameter sets executed, all layers together."""
+        return sum(self.rows)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "index": self.index,
-            "backend": self.backend,
-            "layers": self.layers,
-            "circuits": self.circuits,
-            "shots": self.shots,
-            "wall_s": self.wall_s,
-            "max_abs_error": self.max_abs_error,
-            "mean_abs_error": self.mean_abs_error,
-            "rows": self.rows,
-        }
+        return {**asdict(self), "circuits": self.circuits}
 
 
 def check_shots(shots: object) -> int | None:

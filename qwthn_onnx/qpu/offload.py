@@ -316,7 +316,6 @@ class OffloadSession:
             index=len(self.jobs),
             backend=self.backend.name,
             layers=[node.layer for node in nodes],
-            circuits=sum(c.inputs.shape[0] for c in calls),
             rows=[c.inputs.shape[0] for c in calls],
             shots=self.backend.shots,
             wall_s=wall,
