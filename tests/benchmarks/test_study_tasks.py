@@ -8,8 +8,11 @@ from __future__ import annotations
 import ast
 import functools
 import gzip
+import operator
+import random
 import re
 import sys
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -51,7 +54,34 @@ BY_HAND = {
     "carrot_rows": lambda a, b, c: a * b + c,
     "pens_bought": lambda a, b, c: a - b * c,
 }
+# How each template's arithmetic is worked, step by step, in the order it is done: (left, sign,
+# right), where a letter is that number of the problem (a, b, c in the order the wording gives
+# them) and an int is the result of that earlier step. Written by hand like BY_HAND.
+STEPS = {
+    "buy_then_give": (("a", "+", "b"), (0, "-", "c")),
+    "three_days": (("a", "+", "b"), (0, "+", "c")),
+    "spend_twice": (("a", "-", "b"), (0, "-", "c")),
+    "boxes_plus_loose": (("a", "*", "b"), (0, "+", "c")),
+    "garden_rows_picked": (("a", "*", "b"), (0, "-", "c")),
+    "pages_per_day": (("a", "+", "b"), (0, "*", "c")),
+    "bakery_unsold": (("a", "-", "b"), (0, "*", "c")),
+    "shelf_rows_boxes": (("a", "*", "b"), (0, "*", "c")),
+    "notebook_change": (("a", "*", "b"), ("c", "-", 0)),
+    "father_age": (("a", "*", "b"), (0, "+", "c")),
+    "bus_stop": (("a", "-", "b"), (0, "+", "c")),
+    "weekly_savings": (("b", "*", "c"), ("a", "+", 0)),
+    "library_shelf": (("a", "+", "b"), (0, "-", "c")),
+    "packs_shared": (("a", "*", "b"), (0, "-", "c")),
+    "monthly_tickets": (("a", "+", "b"), (0, "*", "c")),
+    "farm_eggs": (("a", "-", "b"), (0, "-", "c")),
+    "carrot_rows": (("a", "*", "b"), (0, "+", "c")),
+    "pens_bought": (("b", "*", "c"), ("a", "-", 0)),
+}
+SIGNS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+SOLUTION = re.compile(r" (?P<steps>.+)\. The answer is (?P<answer>\d+)\.")
+STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")
 NAMES = study_tasks._FEMALE + study_tasks._MALE
+CAP = 25  # the study's max_number
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +116,54 @@ def _match(prompt: str) -> tuple[study_tasks.Template, tuple[int, ...]]:
     return template, tuple(int(g) for g in match.groups())
 
 
+def _check_solution(
+    template: study_tasks.Template, numbers: tuple[int, ...], completion: str
+) -> int:
+    """Read a worked completion step by step against STEPS; its answer, once all checks pass."""
+    match = SOLUTION.fullmatch(completion)
+    assert match, completion
+    steps = [STEP.fullmatch(step) for step in match["steps"].split(", ")]
+    plan = STEPS[template.name]
+    assert all(steps) and len(steps) == len(plan), completion
+    values = dict(zip("abc", numbers, strict=True))
+    results: list[int] = []
+    for step, (left, sign, right) in zip(steps, plan, strict=True):
+        x, y, result = int(step[1]), int(step[3]), int(step[4])
+        assert step[2] == sign, completion
+        assert SIGNS[sign](x, y) == result, completion  # the step's own arithmetic
+        # its operands: the problem's numbers, or the result of the step the formula says
+        assert [x, y] == [results[s] if isinstance(s, int) else values[s] for s in (left, right)]
+        results.append(result)
+    answer = int(match["answer"])
+    assert answer == results[-1] == template.answer(numbers), completion
+    assert answer == BY_HAND[template.name](*numbers), completion
+    return answer
+
+
+def _sensible(name: str, numbers: tuple[int, ...]) -> bool:
+    """Whether a story works with these numbers: no step goes negative, the answer <= 999."""
+    values = dict(zip("abc", numbers, strict=True))
+    results: list[int] = []
+    for left, sign, right in STEPS[name]:
+        operands = [results[s] if isinstance(s, int) else values[s] for s in (left, right)]
+        results.append(SIGNS[sign](*operands))
+    return min(results) >= 0 and results[-1] <= 999
+
+
+def _capped_problems(split: str, cap: int) -> set[tuple[str, tuple[int, ...]]]:
+    """Every (template, numbers) of ``split`` with no number above ``cap``, enumerated here."""
+    return {
+        (t.name, numbers)
+        for t in ARITHMETIC_TEMPLATES
+        if t.split == split
+        for numbers in product(*(range(lo, min(hi, cap) + 1) for lo, hi in t.ranges.values()))
+        if _sensible(t.name, numbers) and study_tasks._number_split(numbers) == split
+    }
+
+
 def test_templates_are_split_12_3_3_with_mixed_operations():
-    assert set(BY_HAND) == {t.name for t in ARITHMETIC_TEMPLATES}
+    assert set(BY_HAND) == set(STEPS) == {t.name for t in ARITHMETIC_TEMPLATES}
+    assert all(list(t.ranges) == ["a", "b", "c"] for t in ARITHMETIC_TEMPLATES)
     by_split = {s: [t for t in ARITHMETIC_TEMPLATES if t.split == s] for s in SPLITS}
     assert [len(by_split[s]) for s in SPLITS] == [12, 3, 3]
     # a held-out wording shares no text with any other template
@@ -123,6 +199,23 @@ def test_hand_written_problems():
     assert templates["pages_per_day"].answer((10, 5, 7)) == 105
     assert templates["pens_bought"].answer((50, 4, 6)) == 26
     assert templates["shelf_rows_boxes"].answer((9, 9, 9)) == 729
+    # worked in the order the arithmetic is done: a product before the sum or difference
+    # written left of it (c - a * b, a + b * c, a - b * c)
+    assert templates["notebook_change"].solution((3, 4, 20)) == (
+        "3 * 4 = 12, 20 - 12 = 8. The answer is 8."
+    )
+    assert templates["weekly_savings"].solution((10, 3, 5)) == (
+        "3 * 5 = 15, 10 + 15 = 25. The answer is 25."
+    )
+    assert templates["pens_bought"].solution((50, 4, 6)) == (
+        "4 * 6 = 24, 50 - 24 = 26. The answer is 26."
+    )
+    assert templates["buy_then_give"].solution((14, 9, 5)) == (
+        "14 + 9 = 23, 23 - 5 = 18. The answer is 18."
+    )
+    assert templates["pages_per_day"].solution((10, 5, 7)) == (
+        "10 + 5 = 15, 15 * 7 = 105. The answer is 105."
+    )
     # a story never goes below zero on the way, nor past 999
     assert not templates["bus_stop"].valid((10, 12, 30))  # 10 - 12 + 30 = 28, but 10 - 12 < 0
     assert templates["bus_stop"].valid((12, 12, 30))
@@ -135,17 +228,22 @@ def test_hand_written_problems():
     assert (got["train"][0].prompt, got["train"][0].completion) == (
         "Question: There are 12 boxes with 10 muffins in each box, and 23 more muffins on the "
         "table. How many muffins are there in all?\nAnswer:",
-        " 143",
+        " 12 * 10 = 120, 120 + 23 = 143. The answer is 143.",
     )
     assert (got["val"][1].prompt, got["val"][1].completion) == (
         "Question: Tariq bought 9 packs with 8 apples in each pack. He shared 71 of them with "
         "Hugo. How many apples does Tariq still have?\nAnswer:",
-        " 1",
+        " 9 * 8 = 72, 72 - 71 = 1. The answer is 1.",
     )
     assert (got["test"][1].prompt, got["test"][1].completion) == (
         "Question: Lucia collected 117 eggs on the farm. Of these, 46 broke and she sold 39 at "
         "the market. How many eggs does she have left?\nAnswer:",
-        " 32",
+        " 117 - 46 = 71, 71 - 39 = 32. The answer is 32.",
+    )
+    assert (got["test"][2].prompt, got["test"][2].completion) == (
+        "Question: Yusuf has 167 dollars. He buys 6 pens that cost 9 dollars each. "
+        "How many dollars does he have left?\nAnswer:",
+        " 6 * 9 = 54, 167 - 54 = 113. The answer is 113.",
     )
 
 
@@ -155,13 +253,30 @@ def test_every_answer_is_the_arithmetic_its_wording_describes(problems):
             template, numbers = _match(example.prompt)
             assert template.split == split
             assert example.source == f"arithmetic {split} #{i} ({template.name})"
-            assert re.fullmatch(r" \d+", example.completion), example.completion
-            answer = int(example.completion)
-            assert answer == BY_HAND[template.name](*numbers), example.prompt
+            answer = _check_solution(template, numbers, example.completion)
             assert 0 <= answer <= 999
             for variable, number in zip("abc", numbers, strict=True):
                 lo, hi = template.ranges[variable]
                 assert lo <= number <= hi
+
+
+@pytest.mark.parametrize("template", ARITHMETIC_TEMPLATES, ids=lambda t: t.name)
+def test_worked_solution_of_every_template(template):
+    rng = random.Random(template.name)
+    tuples = {tuple(lo for lo, _ in template.ranges.values())}
+    while len(tuples) < 6:
+        numbers = tuple(rng.randint(lo, hi) for lo, hi in template.ranges.values())
+        if template.valid(numbers):
+            tuples.add(numbers)
+    for numbers in sorted(tuples):
+        assert template.valid(numbers) == _sensible(template.name, numbers)
+        if not template.valid(numbers):
+            continue
+        # the steps' operands are the numbers of the rendered problem, as the wording gives them
+        prompt = template.render(numbers, rng)
+        in_prompt = tuple(int(n) for n in re.findall(r"\d+", prompt))
+        assert in_prompt == numbers, prompt
+        _check_solution(template, in_prompt, f" {template.solution(numbers)}")
 
 
 def test_pronouns_agree_with_the_name(problems):
@@ -234,9 +349,77 @@ def test_arithmetic_description():
     for split in SPLITS:
         template, numbers = _match(splits[split]["example"]["prompt"])
         assert template.split == split
-        assert splits[split]["example"]["completion"] == f" {BY_HAND[template.name](*numbers)}"
+        _check_solution(template, numbers, splits[split]["example"]["completion"])
     assert len(description["templates"]) == 18
     assert "no third-party data" in description["source"]
+    assert description["max_number"] is None
+
+
+@pytest.fixture(scope="module")
+def capped():
+    return arithmetic_splits(200, 100, 250, data_seed=0, max_number=CAP)
+
+
+def test_max_number_caps_every_number(capped, problems):
+    assert {s: len(v) for s, v in capped.items()} == {"train": 200, "val": 100, "test": 250}
+    for split, examples in capped.items():
+        names = set()
+        for example in examples:
+            assert max(map(int, re.findall(r"\d+", example.prompt))) <= CAP, example.prompt
+            template, numbers = _match(example.prompt)
+            assert template.split == split
+            for number, (lo, hi) in zip(numbers, template.ranges.values(), strict=True):
+                assert lo <= number <= min(hi, CAP)
+            _check_solution(template, numbers, example.completion)
+            names.add(template.name)
+        # the cap leaves every template of the split something to ask
+        assert names == {t.name for t in ARITHMETIC_TEMPLATES if t.split == split}
+        assert len({e.prompt for e in examples}) == len(examples)
+    # capped or not, val and test numbers never occur in train
+    train = {_match(e.prompt)[1] for e in problems["train"]}
+    assert not {_match(e.prompt)[1] for s in ("val", "test") for e in capped[s]} & train
+
+
+def test_max_number_capacity_and_description():
+    full, description = arithmetic_description(), arithmetic_description(CAP)
+    assert description["max_number"] == CAP
+    for split in SPLITS:
+        distinct = description["splits"][split]["distinct_problems"]
+        assert distinct == len(_capped_problems(split, CAP))
+        assert distinct < full["splits"][split]["distinct_problems"]
+        example = description["splits"][split]["example"]
+        assert max(map(int, re.findall(r"\d+", example["prompt"]))) <= CAP
+        _check_solution(*_match(example["prompt"]), example["completion"])
+    # the study's sizes (800 / 100 / 250) fit under its cap
+    assert all(
+        description["splits"][s]["distinct_problems"] >= n
+        for s, n in zip(SPLITS, (800, 100, 250), strict=True)
+    )
+
+
+def test_max_number_refuses_more_than_the_capped_capacity():
+    capacity = len(_capped_problems("test", CAP))
+    everything = arithmetic_splits(1, 1, capacity, max_number=CAP)["test"]
+    drawn = {(t.name, numbers) for t, numbers in (_match(e.prompt) for e in everything)}
+    assert drawn == _capped_problems("test", CAP)
+    with pytest.raises(ValueError, match=rf"n_test={capacity + 1} is more than the {capacity} "):
+        arithmetic_splits(1, 1, capacity + 1, max_number=CAP)
+    assert len(arithmetic_splits(1, 1, capacity + 1)["test"]) == capacity + 1  # the cap's doing
+
+
+def test_max_number_is_deterministic(capped):
+    def pairs(examples):
+        return [(e.prompt, e.completion) for e in examples]
+
+    again = arithmetic_splits(200, 100, 250, data_seed=0, max_number=CAP)
+    assert all(pairs(again[s]) == pairs(capped[s]) for s in SPLITS)
+    smaller = arithmetic_splits(50, 100, 250, data_seed=0, max_number=CAP)
+    assert pairs(smaller["test"]) == pairs(capped["test"])
+    assert pairs(smaller["val"]) == pairs(capped["val"])
+    reseeded = arithmetic_splits(200, 100, 250, data_seed=1, max_number=CAP)
+    assert pairs(reseeded["test"]) != pairs(capped["test"])
+    uncapped = arithmetic_splits(200, 100, 250, data_seed=0)
+    assert pairs(uncapped["test"]) != pairs(capped["test"])
 
 
 # --- The Devil's Dictionary --------------------------------------------------------------------
