@@ -194,24 +194,30 @@ def match_parameters(
 
 
 def resolve_methods(
-    methods: Sequence[Method], base: nn.Module
+    methods: Sequence[Method],
+    base: nn.Module,
+    ranks: Sequence[int] = SEARCH_RANKS,
+    bond_dims: Sequence[int] = SEARCH_BOND_DIMS,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Each method's adapter changes (running the matching search where asked) and the search
-    record for the report. Configs are validated here, before any training starts."""
+    """Each method's adapter changes (running the matching search where asked, over ``ranks``
+    x ``bond_dims`` with the method's own changes held) and the search record for the report.
+    Configs are validated here, before any training starts."""
     lora_r8 = trainable_parameters(attach("lora", {"r": 8}, copy.deepcopy(base)))
     changes: dict[str, dict[str, Any]] = {}
     matching: dict[str, Any] = {
         "lora_r8_trainable": lora_r8,
         "search_space": {
-            "rank": list(SEARCH_RANKS),
-            "mpo_bond_dim": list(SEARCH_BOND_DIMS),
+            "rank": list(ranks),
+            "mpo_bond_dim": list(bond_dims),
             "fixed": {k: v for k, v in DEMO_ADAPTER.items() if k != "rank"},
         },
         "matches": {},
     }
     for method in methods:
         if method.match is not None:
-            found = match_parameters(base, method.match * lora_r8)
+            found = match_parameters(
+                base, method.match * lora_r8, ranks, bond_dims, fixed=method.changes or None
+            )
             changes[method.name] = found.changes
             matching["matches"][method.name] = {
                 "fraction_of_lora_r8": method.match,

