@@ -324,6 +324,10 @@ def arithmetic_splits(
     ``Example.source`` names the split, index and template (for error messages).
     ``max_number`` caps every number in the problems (None: each template's own ranges).
     """
+    if max_number is not None and (
+        not isinstance(max_number, int) or isinstance(max_number, bool) or max_number < 1
+    ):
+        raise ValueError(f"max_number must be None or a positive integer, got {max_number!r}")
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     splits: dict[str, list[Example]] = {}
     for split, n in sizes.items():

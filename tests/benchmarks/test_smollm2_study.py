@@ -278,3 +278,27 @@ def test_quick_run_on_a_tiny_base(tmp_path, capsys):
     if with_plots:
         for name in ("study_loss_curves.png", "study_paired.png", "study_params.png"):
             assert (plots / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_sweep_extends_past_an_edge_and_stops_inside():
+    calls = []
+
+    def valley(at: float):
+        def val_loss(lr: float) -> float:
+            calls.append(lr)
+            return (math.log(lr) - math.log(at)) ** 2
+
+        return val_loss
+
+    grid = (3e-3, 1e-2, 3e-2)
+    assert study.sweep_learning_rate(valley(1e-2), grid) == 1e-2 and len(calls) == 3
+    calls.clear()  # best at the top edge: one step up (x3) finds the valley, then it stops
+    assert study.sweep_learning_rate(valley(0.1), grid) == pytest.approx(0.09)
+    assert calls[3:] == [pytest.approx(0.09), pytest.approx(0.27)]
+    calls.clear()  # at the bottom edge: steps down, at most MAX_EXTENSIONS of them
+    assert study.sweep_learning_rate(valley(1e-6), grid) == pytest.approx(3e-3 * 0.3 * 0.3)
+    assert len(calls) == 3 + study.MAX_EXTENSIONS
+    calls.clear()  # never a rate of 1 or more
+    assert study.sweep_learning_rate(valley(5.0), (0.1, 0.3)) == pytest.approx(0.9)
+    assert calls[2:] == [pytest.approx(0.9)]
+    assert study.sweep_learning_rate(valley(5.0), (0.2,)) == 0.2  # one rate: nothing to extend

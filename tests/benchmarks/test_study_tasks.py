@@ -588,3 +588,9 @@ def test_devil_description():
     assert sum(description["characters"].values()) == sum(len(t) for _, t in devil_entries())
     assert description["characters"]["train"] > 200_000
     assert "public domain" in description["source"]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "25"])
+def test_max_number_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="max_number must be None or a positive integer"):
+        arithmetic_splits(5, 5, 5, max_number=bad)
