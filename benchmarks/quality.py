@@ -221,6 +221,7 @@ def resolve_methods(
             changes[method.name] = found.changes
             matching["matches"][method.name] = {
                 "fraction_of_lora_r8": method.match,
+                "fixed": dict(method.changes),
                 "target": found.target,
                 "changes": found.changes,
                 "trainable": found.trainable,
