@@ -1116,6 +1116,7 @@ def write_plots(result: dict[str, Any], directory: Path) -> list[Path]:
         ax.set_xlabel(f"difference vs LoRA r=8 ({unit})", fontsize=8)
         ax.set_title(f"{task}: {metric}", fontsize=9)
     fig.suptitle("Paired differences against LoRA r=8: mean and 95% CI over seeds", fontsize=10)
+    fig.tight_layout()  # each panel has its own method labels: keep them off the neighbour
     path = directory / "study_paired.png"
     _save(fig, path)
     written.append(path)
