@@ -397,11 +397,7 @@ def evaluate_split(
     total, count, exact = 0.0, 0, 0
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
-        mask = split.attention_mask[index]
-        width = int(mask.sum(dim=1).max())
-        losses, hits, rows = model.scores(
-            split.hidden[index, :width], mask[:, :width], split.labels[index, :width]
-        )
+        losses, hits, rows = model.scores(**split.batch(index))
         total += float(losses.sum())
         count += losses.numel()
         misses = torch.zeros(len(index), dtype=torch.long).index_add_(0, rows, (~hits).long())
@@ -1051,6 +1047,11 @@ def _task_table(name: str, task: dict[str, Any]) -> list[str]:
 # --- plots --------------------------------------------------------------------------------------
 
 
+def _written(fig: Any, path: Path) -> Path:
+    _save(fig, path)
+    return path
+
+
 def write_plots(result: dict[str, Any], directory: Path) -> list[Path]:
     """Loss curves, paired differences (forest plot), parameters vs test metric."""
     import matplotlib
@@ -1087,9 +1088,7 @@ def write_plots(result: dict[str, Any], directory: Path) -> list[Path]:
             fontsize=9,
         )
         ax.legend(fontsize=8)
-    path = directory / "study_loss_curves.png"
-    _save(fig, path)
-    written.append(path)
+    written.append(_written(fig, directory / "study_loss_curves.png"))
 
     rows = result["comparisons"]
     panels = list(dict.fromkeys((c["task"], c["metric"]) for c in rows))
@@ -1117,9 +1116,7 @@ def write_plots(result: dict[str, Any], directory: Path) -> list[Path]:
         ax.set_title(f"{task}: {metric}", fontsize=9)
     fig.suptitle("Paired differences against LoRA r=8: mean and 95% CI over seeds", fontsize=10)
     fig.tight_layout()  # each panel has its own method labels: keep them off the neighbour
-    path = directory / "study_paired.png"
-    _save(fig, path)
-    written.append(path)
+    written.append(_written(fig, directory / "study_paired.png"))
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
     for ax, (name, task) in zip(axes[0], tasks.items(), strict=True):
@@ -1159,9 +1156,7 @@ def write_plots(result: dict[str, Any], directory: Path) -> list[Path]:
             fontsize=9,
         )
         ax.grid(alpha=0.3)
-    path = directory / "study_params.png"
-    _save(fig, path)
-    written.append(path)
+    written.append(_written(fig, directory / "study_params.png"))
     return written
 
 
